@@ -1,0 +1,1 @@
+"""The benchmark harness: grids of cells, the training loop, metrics, the results store and the leaderboard."""

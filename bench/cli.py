@@ -1,0 +1,151 @@
+"""The ``bench`` command: run a grid, list the registries and grids, regenerate the leaderboard.
+
+A mistake in the user's input ends in one line on stderr and exit code 2; Ctrl-C ends a run cleanly (exit 130) and the
+same command resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import registry
+from bench.grid import list_grids, load_grid
+from bench.leaderboard import write_leaderboard
+from bench.runner import STORE_NAME, GridData, check_cells, resolve_device, run_grid
+from bench.store import ResultStore
+from registry.core import filter_names
+from registry.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+REGISTRIES = {"archs": registry.ARCHS, "losses": registry.LOSSES, "maskers": registry.MASKERS,
+              "datasets": registry.DATASETS}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    plugins = argparse.ArgumentParser(add_help=False)
+    plugins.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                         help="import a module (dotted name or .py file) that registers entries; repeatable")
+    outputs = argparse.ArgumentParser(add_help=False)
+    outputs.add_argument("--out", type=Path, default=Path("runs"), help="folder of the results store (default: runs)")
+    outputs.add_argument("--leaderboard", type=Path, default=Path("leaderboard.md"),
+                         help="where to write the leaderboard (default: leaderboard.md)")
+
+    parser = argparse.ArgumentParser(prog="bench", description="Segmentation under partial supervision: a benchmark.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", parents=[plugins, outputs], help="run every unfinished cell of a grid")
+    run.add_argument("--grid", required=True, help="a grid name (see `bench list grids`) or a path to a TOML file")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    run.add_argument("--epochs", type=positive_int, help="override the grid's number of epochs")
+    run.add_argument("--dry-run", action="store_true", help="check the grid and list its cells; train nothing")
+
+    listing = commands.add_parser("list", parents=[plugins], help="list registered entries or grids")
+    listing.add_argument("what", choices=(*REGISTRIES, "grids"))
+    listing.add_argument("patterns", nargs="*", default=["*"], help="shell-style patterns to include (default: *)")
+    listing.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
+
+    commands.add_parser("leaderboard", parents=[outputs], help="regenerate the leaderboard from the store")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+    try:
+        for module in getattr(args, "plugin", []):
+            registry.import_plugin_module(module)
+        if args.command == "run":
+            return command_run(args, console)
+        if args.command == "list":
+            return command_list(args, console)
+        return command_leaderboard(args, console)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def command_run(args: argparse.Namespace, console: Console) -> int:
+    from bench.progress import RichEvents  # rich's live display is only needed here
+
+    grid = load_grid(args.grid, epochs=args.epochs)
+    device = resolve_device(args.device)
+    if args.dry_run:
+        check_cells(grid, GridData(grid))
+        show_cells(grid, args.out / STORE_NAME, console)
+        return 0
+    events = RichEvents(console)
+    try:
+        with events:
+            summary = run_grid(grid, args.out, device, events)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: finished cells are stored in {args.out}; "
+                      "run the same command again to resume", soft_wrap=True)
+        return EXIT_INTERRUPTED
+    if events.results:
+        console.print(events.summary_table())
+    regenerate(args.out, args.leaderboard)
+    console.print(f"{len(summary.done)} cells run, {len(summary.skipped)} already finished, "
+                  f"{len(summary.failed)} failed; leaderboard written to {args.leaderboard}")
+    return 1 if summary.failed else 0
+
+
+def show_cells(grid, store_path: Path, console: Console) -> None:
+    """The cells of a grid and what a run would do with each; reads the store without writing it."""
+    store = ResultStore(store_path) if store_path.exists() else None
+    table = Table(title=f"grid {grid.name}: {len(grid.cells)} cells")
+    for column in ("cell id", "cell", "state"):
+        table.add_column(column)
+    for cell in grid.cells:
+        row = store.get(cell.cell_id) if store else None
+        state = "to run" if row is None else ("finished" if row.status == "done" else f"{row.status}, to rerun")
+        table.add_row(cell.cell_id, cell.label, state)
+    console.print(table)
+
+
+def command_list(args: argparse.Namespace, console: Console) -> int:
+    if args.what == "grids":
+        names = filter_names(list_grids(), args.patterns, args.exclude)
+    else:
+        names = REGISTRIES[args.what].list(args.patterns, args.exclude)
+    for name in names:
+        console.print(name, highlight=False)
+    return 0
+
+
+def command_leaderboard(args: argparse.Namespace, console: Console) -> int:
+    regenerate(args.out, args.leaderboard)
+    console.print(f"leaderboard written to {args.leaderboard}")
+    return 0
+
+
+def regenerate(out: Path, leaderboard: Path) -> None:
+    store_path = out / STORE_NAME
+    if not store_path.exists():
+        raise UserError(f"no results store at {store_path}: run `bench run --grid NAME` first")
+    store = ResultStore(store_path)
+    try:
+        write_leaderboard(store.rows("done"), store.rows("failed"), leaderboard, str(store_path))
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

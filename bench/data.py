@@ -1,0 +1,126 @@
+"""Training and validation data for one cell: partial masks drawn once per tile and seed, augmentation, batches.
+
+All randomness is a pure function of (run seed, epoch, tile index): the partial labels of a tile are the same in every
+epoch and every run, and the order and augmentation of an epoch are the same whether the run went straight through or
+was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+
+UNLABELLED = -1
+# Each use of randomness draws from its own stream: derive_seed(run seed, purpose, ...).
+MASK_STREAM, ORDER_STREAM, AUGMENT_STREAM = 0, 1, 2
+AUGMENTATIONS = {
+    "hflip": lambda: A.HorizontalFlip(p=0.5),
+    "vflip": lambda: A.VerticalFlip(p=0.5),
+    "rot90": lambda: A.RandomRotate90(p=1.0),  # one of the four quarter turns, the identity included
+}
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers, so that nearby seeds and indices give unrelated streams."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def tile_generator(seed: int, index: int) -> torch.Generator:
+    """The generator a masker draws tile ``index``'s labelled pixels from under run seed ``seed``."""
+    return torch.Generator().manual_seed(derive_seed(seed, MASK_STREAM, index))
+
+
+def partial_masks(masks: np.ndarray, masker, fraction: float, seed: int) -> np.ndarray:
+    """Apply ``masker`` to every full mask (uint8 ``[N, H, W]``); returns int8 ``[N, H, W]`` with ``-1`` unlabelled.
+
+    int8, not uint8: ``-1`` must stay ``-1`` (as uint8 it would be 255), and one byte per pixel keeps a large split's
+    partial labels as small as its full ones."""
+    out = np.empty(masks.shape, dtype=np.int8)
+    for index in range(len(masks)):
+        full = torch.from_numpy(np.ascontiguousarray(masks[index])).to(torch.int64)
+        partial = masker(full, fraction, tile_generator(seed, index))
+        if partial.shape != full.shape or not bool(((partial == full) | (partial == UNLABELLED)).all()):
+            raise ValueError(f"masker {masker!r} returned a mask that is not a partial copy of tile {index}")
+        out[index] = partial.numpy()
+    return out
+
+
+class AugmentedTiles(torch.utils.data.Dataset):
+    """Training tiles with their partial masks, augmented on the CPU with albumentations.
+
+    Flips and quarter turns move pixels without interpolating them, so a ``-1`` stays ``-1`` and every label stays on
+    its pixel. Items are (image uint8 ``[H, W, C]``, mask int8 ``[H, W]``): normalising on the device is cheaper than
+    shipping floats.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: Sequence[str], seed: int):
+        self.images = images
+        self.masks = masks
+        self.transform = A.Compose([AUGMENTATIONS[name]() for name in augment]) if augment else None
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.images[index], self.masks[index]
+        if self.transform is not None:
+            # Seeded per (seed, epoch, tile): the same whatever the worker, the batch order, or a resume.
+            self.transform.set_random_seed(derive_seed(self.seed, AUGMENT_STREAM, self.epoch, index))
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(mask))
+
+
+class TrainBatches:
+    """Shuffled, augmented training batches for one epoch at a time; incomplete last batches are dropped (a batch of
+    one would break BatchNorm) unless the split is smaller than one batch."""
+
+    def __init__(self, tiles: AugmentedTiles, batch_size: int, num_workers: int, pin_memory: bool):
+        self.tiles = tiles
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.drop_last = len(tiles) > batch_size
+
+    def __len__(self) -> int:
+        n = len(self.tiles)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.tiles.epoch = epoch
+        shuffle = torch.Generator().manual_seed(derive_seed(self.tiles.seed, ORDER_STREAM, epoch))
+        order = torch.randperm(len(self.tiles), generator=shuffle).tolist()
+        loader = torch.utils.data.DataLoader(
+            self.tiles, batch_size=self.batch_size, sampler=order, drop_last=self.drop_last,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
+        )
+        return iter(loader)
+
+
+def eval_batches(images: np.ndarray, masks: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Validation tiles in order, unaugmented."""
+    for start in range(0, len(images), batch_size):
+        yield (torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])),
+               torch.from_numpy(np.ascontiguousarray(masks[start:start + batch_size])))
+
+
+class Normalizer:
+    """uint8 ``[N, H, W, C]`` images to normalised float ``[N, C, H, W]`` on the device; masks to int64."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+        self.device = device
+        self.channels_last = device.type == "cuda"
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        images = (images - self.mean) / self.std
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks.to(self.device, non_blocking=True).to(torch.int64)

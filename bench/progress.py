@@ -1,0 +1,79 @@
+"""Live progress of a grid run with rich: a bar for the grid, one for the cell's epochs, loss and mIoU as they come,
+and a summary table at the end."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bench.grid import Cell, Grid
+from bench.runner import RunEvents
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+class RichEvents(RunEvents):
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.results: list[tuple[Cell, dict[str, Any] | None, str]] = []
+        self._grid_task = self._cell_task = None
+
+    def __enter__(self) -> RichEvents:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def grid_started(self, grid: Grid, todo: list[Cell], finished: int) -> None:
+        self.console.print(f"grid [bold]{grid.name}[/]: {len(grid.cells)} cells, {finished} already finished, "
+                           f"{len(todo)} to run")
+        self._grid_task = self.progress.add_task("grid", total=len(todo), info="")
+
+    def cell_started(self, cell: Cell, position: int, resume_epoch: int) -> None:
+        if self._cell_task is not None:
+            self.progress.remove_task(self._cell_task)
+        note = f" (resuming after epoch {resume_epoch})" if resume_epoch else ""
+        self.progress.console.print(f"▶ {cell.label}{note}")
+        self._cell_task = self.progress.add_task(
+            "  epochs", total=cell.recipe["epochs"], completed=resume_epoch, info="")
+
+    def step(self, step: int, total: int) -> None:
+        self.progress.update(self._cell_task, info=f"step {step}/{total}")
+
+    def epoch_done(self, cell: Cell, record: dict[str, Any]) -> None:
+        self.progress.update(self._cell_task, completed=record["epoch"],
+                             info=f"loss {_fmt(record['train_loss'])}  mIoU {_fmt(record['miou'])}")
+
+    def cell_done(self, cell: Cell, metrics: dict[str, Any]) -> None:
+        self.results.append((cell, metrics, "done"))
+        self.progress.advance(self._grid_task)
+        self.progress.console.print(f"  best mIoU {_fmt(metrics['best_miou'])} (epoch {metrics['best_epoch']}), "
+                                    f"final {_fmt(metrics['final_miou'])}, {metrics['epoch_seconds']:.1f} s/epoch")
+
+    def cell_failed(self, cell: Cell, error: str) -> None:
+        self.results.append((cell, None, error))
+        self.progress.advance(self._grid_task)
+        self.progress.console.print(f"  [red]failed[/]: {error}")
+
+    def summary_table(self) -> Table:
+        table = Table(title="cells run")
+        for column in ("cell", "best mIoU", "final mIoU", "pixel acc.", "s / epoch", "status"):
+            table.add_column(column)
+        for cell, metrics, status in self.results:
+            if metrics is None:
+                table.add_row(cell.label, "–", "–", "–", "–", f"[red]{status}[/]")
+            else:
+                table.add_row(cell.label, _fmt(metrics["best_miou"]), _fmt(metrics["final_miou"]),
+                              _fmt(metrics["final_accuracy"]), f"{metrics['epoch_seconds']:.1f}", "done")
+        return table

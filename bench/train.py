@@ -1,0 +1,246 @@
+"""Training and evaluation of one cell: one flat loop, resumable at every epoch boundary.
+
+Precision is chosen once: bf16 autocast on CUDA cards that support it (no loss scaler needed), fp16 with a scaler on
+older cards, float32 on the CPU. Clocks are read after a device synchronisation, so epoch times are real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import registry
+from bench.data import AugmentedTiles, Normalizer, TrainBatches, eval_batches
+from bench.grid import Cell
+from bench.metrics import PerBatchMIoU, confusion_matrix, scores
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class CellData:
+    """Arrays for one cell: augmented training tiles with partial masks, fully labelled validation tiles."""
+
+    train_images: np.ndarray  # uint8 [N, H, W, C]
+    train_masks: np.ndarray  # int8 [N, H, W], -1 unlabelled
+    val_images: np.ndarray  # uint8 [M, H, W, C]
+    val_masks: np.ndarray  # uint8 [M, H, W]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def labelled_fraction(self) -> float:
+        return float((self.train_masks >= 0).mean())
+
+
+@dataclass
+class Precision:
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    scaler: torch.amp.GradScaler | None
+    name: str
+
+
+def choose_precision(device: torch.device, amp: bool) -> Precision:
+    if device.type != "cuda" or not amp:
+        return Precision(contextlib.nullcontext, None, "float32")
+    if torch.cuda.is_bf16_supported():
+        return Precision(lambda: torch.autocast("cuda", dtype=torch.bfloat16), None, "bf16 autocast")
+    return Precision(lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda"),
+                     "fp16 autocast + loss scaling")
+
+
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def build_optimizer(model: torch.nn.Module, recipe: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
+    params, lr, decay = model.parameters(), recipe["lr"], recipe["weight_decay"]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if recipe["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay, **fused)
+    if recipe["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, **fused)
+    return torch.optim.SGD(params, lr=lr, weight_decay=decay, momentum=recipe["momentum"])
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, recipe: dict[str, Any], steps_per_epoch: int):
+    """Per-step learning-rate factor: linear warm-up, then constant or cosine decay to zero."""
+    total = max(1, recipe["epochs"] * steps_per_epoch)
+    warmup = round(recipe["warmup_epochs"] * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe["schedule"] == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def supervised_loss(loss_fn, outputs, target: torch.Tensor) -> torch.Tensor:
+    """Deep-supervision models return several logits in training: each is supervised, and the losses averaged."""
+    if isinstance(outputs, (list, tuple)):
+        return sum(loss_fn(out, target) for out in outputs) / len(outputs)
+    return loss_fn(outputs, target)
+
+
+def evaluate(model, data: CellData, normalize: Normalizer, batch_size: int, precision: Precision) -> dict[str, Any]:
+    """One pass over the validation split: a dataset-level confusion matrix, and the reference's per-batch mIoU."""
+    model.eval()
+    device = normalize.device
+    cm = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64, device=device)
+    per_batch = PerBatchMIoU()
+    with torch.inference_mode(), precision.autocast():
+        for images, masks in eval_batches(data.val_images, data.val_masks, batch_size):
+            images, target = normalize(images, masks)
+            batch_cm = confusion_matrix(model(images).argmax(1), target, data.num_classes)
+            cm += batch_cm
+            per_batch.add(batch_cm)
+    result = scores(cm)
+    return {"miou": result.miou, "accuracy": result.accuracy, "iou": result.iou,
+            "per_batch_miou": per_batch.value(), "confusion_matrix": cm.cpu().tolist()}
+
+
+def save_atomically(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file, then rename: a kill mid-write leaves the previous checkpoint intact."""
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process RSS"
+
+
+def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir: Path,
+               on_epoch: Callable[[list[dict[str, Any]]], None] = lambda history: None,
+               on_step: Callable[[int, int], None] = lambda step, total: None) -> tuple[list[dict], dict]:
+    """Train ``cell`` and evaluate it after every epoch; returns the per-epoch history and the cell's metrics.
+
+    Resumes from ``checkpoint_dir/last.pt`` when a previous attempt left one; ``on_epoch`` gets the history after
+    every epoch (to store it), ``on_step`` the step and step count (to show progress)."""
+    recipe = cell.recipe
+    torch.manual_seed(cell.seed)
+    model = registry.create_arch(cell.arch.name, num_classes=data.num_classes, in_chans=data.train_images.shape[-1],
+                                 **cell.arch.kwargs).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    loss_fn = registry.create_loss(cell.loss.name, **cell.loss.kwargs, weight=recipe["class_weights"])
+    precision = choose_precision(device, recipe["amp"])
+    num_workers = recipe["num_workers"]
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    batches = TrainBatches(AugmentedTiles(data.train_images, data.train_masks, recipe["augment"], cell.seed),
+                           recipe["batch_size"], num_workers, pin_memory=device.type == "cuda")
+    normalize = Normalizer(data.mean, data.std, device)
+    optimizer = build_optimizer(model, recipe, device)
+    schedule = build_schedule(optimizer, recipe, len(batches))
+    eval_batch_size = recipe["eval_batch_size"] or 2 * recipe["batch_size"]
+
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        if state["cell_id"] == cell.cell_id:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            if precision.scaler is not None and state.get("scaler"):
+                precision.scaler.load_state_dict(state["scaler"])
+            history, start_epoch = state["history"], state["epoch"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    for epoch in range(start_epoch, recipe["epochs"]):
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        started = clock(device)
+        for step, (images, masks) in enumerate(batches.epoch(epoch)):
+            images, target = normalize(images, masks)
+            with precision.autocast():
+                loss = supervised_loss(loss_fn, model(images), target)
+            optimizer.zero_grad(set_to_none=True)
+            if precision.scaler is not None:
+                precision.scaler.scale(loss).backward()
+                precision.scaler.step(optimizer)
+                precision.scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach()
+            on_step(step + 1, len(batches))
+        train_seconds = clock(device) - started
+        train_loss = float(loss_sum) / len(batches)  # one synchronisation per epoch, not per step
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {recipe['lr']})")
+
+        started = clock(device)
+        result = evaluate(model, data, normalize, eval_batch_size, precision)
+        eval_seconds = clock(device) - started
+        history.append({
+            "epoch": epoch + 1, "train_loss": train_loss, "miou": result["miou"], "accuracy": result["accuracy"],
+            "iou": result["iou"], "per_batch_miou": result["per_batch_miou"],
+            "confusion_matrix": result["confusion_matrix"], "lr": schedule.get_last_lr()[0],
+            "train_seconds": train_seconds, "eval_seconds": eval_seconds, "resumed": epoch == start_epoch > 0,
+        })
+        if result["miou"] >= max((h["miou"] for h in history), default=-1.0):
+            save_atomically({"cell_id": cell.cell_id, "config": cell.config, "epoch": epoch + 1,
+                             "miou": result["miou"], "model": model.state_dict()}, best_path)
+        save_atomically({"cell_id": cell.cell_id, "epoch": epoch + 1, "history": history,
+                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(),
+                         "scaler": precision.scaler.state_dict() if precision.scaler is not None else None},
+                        last_path)
+        on_epoch(history)
+
+    metrics = summarize(history, data, len(batches) * recipe["batch_size"], precision.name)
+    metrics["peak_memory_mb"], metrics["peak_memory_kind"] = peak_memory_mb(device)
+    last_path.unlink(missing_ok=True)  # the optimizer state is only needed to resume; best.pt stays
+    return history, metrics
+
+
+def summarize(history: list[dict[str, Any]], data: CellData, images_per_epoch: int, precision: str) -> dict[str, Any]:
+    """The cell's figures from its per-epoch history. The first epoch (warm-up, autotuning) is reported apart from the
+    median of the others."""
+    best = max(history, key=lambda h: h["miou"])
+    final = history[-1]
+    train_times = [h["train_seconds"] for h in history]
+    steady = train_times[1:] or train_times
+    epoch_seconds = statistics.median(steady)
+    eval_seconds = statistics.median(h["eval_seconds"] for h in history)
+    return {
+        "best_miou": best["miou"], "best_epoch": best["epoch"], "best_iou": best["iou"],
+        "final_miou": final["miou"], "final_accuracy": final["accuracy"], "final_iou": final["iou"],
+        "best_per_batch_miou": max(h["per_batch_miou"] for h in history),
+        "final_per_batch_miou": final["per_batch_miou"],
+        "confusion_matrix": final["confusion_matrix"],
+        "epochs": len(history), "first_epoch_seconds": train_times[0], "epoch_seconds": epoch_seconds,
+        "eval_seconds": eval_seconds, "train_images_per_second": images_per_epoch / epoch_seconds,
+        "eval_images_per_second": len(data.val_images) / eval_seconds,
+        "labelled_fraction": data.labelled_fraction, "train_tiles": len(data.train_images),
+        "val_tiles": len(data.val_images), "precision": precision,
+    }

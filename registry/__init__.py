@@ -1,0 +1,125 @@
+"""Registries of architectures, losses, maskers and datasets, and the functions to use them.
+
+Each registry's docstring (``help(registry.ARCHS)``) is the contract its entries keep; the tests check every
+registered entry against it. Register your own entry with a decorator in a module passed to ``bench run --plugin``, or
+from your package through the entry-point groups ``partialseg.archs``, ``partialseg.losses``, ``partialseg.maskers``
+and ``partialseg.datasets`` (an entry point names a builder, or a module that registers with the decorators).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry.core import DuplicateNameError, Registry, UnknownNameError, import_plugin_module
+from registry.errors import UserError
+
+ARCH_CONTRACT = """Architectures.
+
+An entry is a builder ``(num_classes, in_chans=3, **kw) -> torch.nn.Module``. The module:
+- maps a float batch ``[N, in_chans, H, W]`` to logits ``[N, num_classes, H, W]`` at the input's resolution;
+- has an int attribute ``size_divisor``: H and W must be multiples of it, and forward raises ``ValueError`` naming the
+  size otherwise;
+- in training mode may return a list of such logits (deep supervision; the loss is averaged over them); in eval mode
+  it always returns one tensor.
+"""
+
+LOSS_CONTRACT = """Losses.
+
+An entry is a builder ``(**kw) -> loss`` where ``loss(logits[N, C, H, W], target[N, H, W]) -> scalar tensor``.
+``target`` is int64 with ``-1`` for unlabelled pixels. The loss:
+- averages over labelled pixels only: a pixel labelled ``-1`` has no influence on the value or the gradient;
+- returns a zero that still carries the graph (never NaN) when no pixel of the batch is labelled.
+A builder that takes class weights names the argument ``weight``.
+"""
+
+MASKER_CONTRACT = """Maskers: which pixels keep their label.
+
+An entry is a builder ``(**kw) -> masker`` where ``masker(full_mask[H, W], fraction, generator) -> partial_mask[H, W]``.
+``full_mask`` is an int64 tensor of class indices, ``fraction`` a float in (0, 1], ``generator`` a seeded
+``torch.Generator``. The partial mask is int64, of the same shape, equal to ``full_mask`` where labelled and ``-1``
+elsewhere, and depends only on its inputs and the generator's state (the same seed gives the same pixels). The masker
+has a bool attribute ``uses_fraction``; when it is false the fraction is ignored and a grid runs it once, at 1.0.
+"""
+
+DATASET_CONTRACT = """Datasets.
+
+An entry is a builder ``(**kw) -> dataset`` with attributes ``num_classes`` (int), ``class_names`` (one str per
+class), ``in_chans`` (int), ``mean`` and ``std`` (per channel, in units of the 0..1 range), ``splits`` (names, with
+at least ``"train"`` and ``"val"``), and a method ``split(name) -> (images, masks)``: ``images`` uint8
+``[N, H, W, in_chans]`` and ``masks`` uint8 ``[N, H, W]`` with values in ``0..num_classes-1`` (NumPy arrays or
+memory maps). Every split is fully labelled: the harness applies the masker to the training split.
+"""
+
+
+def _check_arch(name: str, model: Any) -> None:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"architecture {name!r} built {type(model).__name__}, not a torch.nn.Module")
+    if not isinstance(getattr(model, "size_divisor", None), int):
+        raise TypeError(f"architecture {name!r} has no int attribute size_divisor")
+
+
+def _check_callable(kind: str) -> Any:
+    def check(name: str, built: Any) -> None:
+        if not callable(built):
+            raise TypeError(f"{kind} {name!r} built {type(built).__name__}, which is not callable")
+
+    return check
+
+
+def _check_masker(name: str, masker: Any) -> None:
+    _check_callable("masker")(name, masker)
+    if not isinstance(getattr(masker, "uses_fraction", None), bool):
+        raise TypeError(f"masker {name!r} has no bool attribute uses_fraction")
+
+
+def _check_dataset(name: str, dataset: Any) -> None:
+    missing = [a for a in ("num_classes", "class_names", "in_chans", "mean", "std", "splits", "split")
+               if not hasattr(dataset, a)]
+    if missing:
+        raise TypeError(f"dataset {name!r} lacks {', '.join(missing)}")
+    if len(dataset.class_names) != dataset.num_classes or not {"train", "val"} <= set(dataset.splits):
+        raise TypeError(f"dataset {name!r} needs one class name per class and splits 'train' and 'val'")
+
+
+ARCHS = Registry("architecture", "partialseg.archs", ARCH_CONTRACT, _check_arch)
+LOSSES = Registry("loss", "partialseg.losses", LOSS_CONTRACT, _check_callable("loss"))
+MASKERS = Registry("masker", "partialseg.maskers", MASKER_CONTRACT, _check_masker)
+DATASETS = Registry("dataset", "partialseg.datasets", DATASET_CONTRACT, _check_dataset)
+
+register_arch = ARCHS.register
+register_loss = LOSSES.register
+register_masker = MASKERS.register
+register_dataset = DATASETS.register
+list_archs = ARCHS.list
+list_losses = LOSSES.list
+list_maskers = MASKERS.list
+list_datasets = DATASETS.list
+
+
+def create_arch(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any):
+    return ARCHS.create(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def create_loss(name: str, **kwargs: Any):
+    return LOSSES.create(name, **kwargs)
+
+
+def create_masker(name: str, **kwargs: Any):
+    return MASKERS.create(name, **kwargs)
+
+
+def create_dataset(name: str, **kwargs: Any):
+    return DATASETS.create(name, **kwargs)
+
+
+# Importing the built-in entries registers them; they import the names above, so this comes last.
+from registry import archs, datasets, losses, maskers  # noqa: E402,F401
+
+__all__ = [
+    "ARCHS", "DATASETS", "LOSSES", "MASKERS", "DuplicateNameError", "Registry", "UnknownNameError", "UserError",
+    "create_arch", "create_dataset", "create_loss", "create_masker", "import_plugin_module",
+    "list_archs", "list_datasets", "list_losses", "list_maskers",
+    "register_arch", "register_dataset", "register_loss", "register_masker",
+]

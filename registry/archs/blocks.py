@@ -1,0 +1,56 @@
+"""Building blocks shared by the U-Net family: the double convolution, the down and up steps, and the input checks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from registry.errors import UserError
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, BatchNorm, ReLU) twice; ``mid_channels`` is the width between the two (``out_channels`` if None).
+
+    The convolutions have no bias: the BatchNorm that follows each would cancel it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
+        mid_channels = mid_channels or out_channels
+        super().__init__(
+            nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(mid_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Down(nn.Sequential):
+    """One encoder step: 2x2 max-pool, then a :class:`DoubleConv`."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+
+class Upsample2x(nn.Module):
+    """Bilinear x2 up-sampling, without parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def check_depth(arch: str, depth: int) -> None:
+    """A U-Net needs at least one down-sampling, so two levels."""
+    if depth < 2:
+        raise UserError(f"{arch}: depth must be at least 2, not {depth}")
+
+
+def check_input_size(arch: str, depth: int, size_divisor: int, x: torch.Tensor) -> None:
+    """Every down-sampling halves the sides; an odd side would lose a row and misalign the skip connections."""
+    height, width = x.shape[-2:]
+    if height % size_divisor or width % size_divisor:
+        raise UserError(
+            f"{arch} with depth {depth} needs input sides divisible by {size_divisor}, got {height}x{width}"
+        )

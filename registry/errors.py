@@ -1,0 +1,10 @@
+"""The one exception type for mistakes in what a user asked for.
+
+Anything raised as a :class:`UserError` is the user's to fix (a misspelt name, a value out of range, a model that does
+not fit the tile size). The command line prints its message on one line and exits with code 2, with no traceback;
+every other exception is a bug and keeps its traceback.
+"""
+
+
+class UserError(ValueError):
+    """A mistake in the user's input, reported in one line."""

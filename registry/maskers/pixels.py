@@ -1,0 +1,49 @@
+"""Pixel-level maskers: every label kept, or a fixed number of i.i.d. random pixels."""
+
+from __future__ import annotations
+
+import torch
+
+from registry import register_masker
+
+UNLABELLED = -1
+
+
+class FullLabels:
+    """Keeps every label: the fully supervised ceiling. The fraction is ignored."""
+
+    uses_fraction = False
+
+    def __call__(self, full_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+        return full_mask.to(torch.int64, copy=True)
+
+    def __repr__(self) -> str:
+        return "FullLabels()"
+
+
+class RandomPixels:
+    """Keeps exactly ``round(fraction * H * W)`` pixels, drawn uniformly without replacement.
+
+    The pixels depend only on the generator, which the harness seeds from the run seed and the tile's index: the same
+    pixels are labelled in every epoch and every run.
+    """
+
+    uses_fraction = True
+
+    def __call__(self, full_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"random_pixels: fraction must be in (0, 1], not {fraction}")
+        flat = full_mask.reshape(-1)
+        keep = round(fraction * flat.numel())
+        chosen = torch.randperm(flat.numel(), generator=generator)[:keep]
+        # int64 whatever the input's dtype: -1 in a uint8 mask would become 255, a valid-looking class.
+        partial = torch.full(flat.shape, UNLABELLED, dtype=torch.int64, device=flat.device)
+        partial[chosen] = flat[chosen].to(torch.int64)
+        return partial.reshape(full_mask.shape)
+
+    def __repr__(self) -> str:
+        return "RandomPixels()"
+
+
+register_masker("full")(FullLabels)
+register_masker("random_pixels")(RandomPixels)
