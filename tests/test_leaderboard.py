@@ -1,0 +1,69 @@
+"""The leaderboard: seeds aggregated as mean ± std, best first, the reference table apart, failures listed."""
+
+from __future__ import annotations
+
+import statistics
+
+from bench.leaderboard import render
+from bench.store import CellRow
+
+
+def row(arch: str, seed: int, best: float, grid: str = "g", status: str = "done", error: str | None = None) -> CellRow:
+    config = {
+        "version": 1, "grid": grid, "dataset": {"name": "synthetic", "label": "synthetic", "kwargs": {"tile_size": 64}},
+        "arch": {"name": arch, "label": arch, "kwargs": {"base_channels": 8}},
+        "loss": {"name": "partial_ce", "label": "partial_ce", "kwargs": {}},
+        "masker": {"name": "random_pixels", "label": "random_pixels", "kwargs": {}},
+        "fraction": 0.1, "seed": seed,
+        "recipe": {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "schedule": "cosine", "batch_size": 8,
+                   "augment": ["hflip"], "epochs": 3},
+    }
+    metrics = {
+        "best_miou": best, "final_miou": best - 0.01, "final_per_batch_miou": best + 0.02, "final_accuracy": 0.9,
+        "final_iou": [0.9, None, 0.5], "epoch_seconds": 2.0, "train_images_per_second": 100.0,
+        "labelled_fraction": 0.1, "class_names": ["background", "building", "woodland"],
+    } if status == "done" else None
+    return CellRow(f"{arch}{seed}{grid}", grid, "synthetic", f"{arch} seed {seed}", config, status, [], metrics,
+                   {"device": "CPU test", "date": "2026-11-25T10:00:00+00:00"}, error, 1, "t", None)
+
+
+def table_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+
+
+def test_seeds_are_one_row_with_mean_and_std_best_first():
+    rows = [row("unet", 0, 0.50), row("unet", 1, 0.54), row("unetplusplus", 0, 0.60)]
+    lines = table_lines(render(rows, store_path="runs/results.sqlite"))
+    assert len(lines) == 2
+    assert "unetplusplus" in lines[0] and "| 0.600 " in lines[0]
+    expected = f"{statistics.mean([0.50, 0.54]):.3f} ± {statistics.stdev([0.50, 0.54]):.3f}"
+    assert "unet " in lines[1] and expected in lines[1] and "| 0, 1 " in lines[1]
+
+
+def test_columns_per_class_absent_iou_and_device():
+    text = render([row("unet", 0, 0.5)], store_path="s")
+    header = next(line for line in text.splitlines() if line.startswith("| #"))
+    for name in ("IoU background", "IoU building", "IoU woodland", "per-batch mIoU (ref-style)", "pixel acc.",
+                 "s / epoch", "train img/s", "device"):
+        assert name in header
+    line = table_lines(text)[0]
+    assert "| –" in line  # the building IoU does not exist: a dash, not 0 or nan
+    assert "CPU test" in line
+    assert "`unet` = unet(base_channels=8)" in text
+
+
+def test_one_table_per_grid_and_reference_apart():
+    text = render([row("unet", 0, 0.5, grid="a"), row("unet", 0, 0.6, grid="b")], store_path="s")
+    assert "## synthetic · grid `a`" in text and "## synthetic · grid `b`" in text
+    reference = text[text.index("## Reference experiment"):]
+    assert "published figures, not produced by this harness" in reference and "0.5054" in reference
+
+
+def test_failed_cells_are_listed_with_their_first_error_line():
+    failed = row("unet", 3, 0.0, status="failed", error="TrainingDiverged: loss became nan\nTraceback ...")
+    text = render([row("unet", 0, 0.5)], [failed], store_path="s")
+    assert "## Failed cells" in text and "TrainingDiverged: loss became nan" in text and "Traceback" not in text
+
+
+def test_empty_store_says_how_to_start():
+    assert "run `bench run --grid default`" in render([], store_path="s")
