@@ -25,7 +25,7 @@ class RichEvents(RunEvents):
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
         )
-        self.results: list[tuple[Cell, dict[str, Any] | None, str]] = []
+        self.results: list[tuple[Cell, dict[str, Any] | None]] = []
         self._grid_task = self._cell_task = None
 
     def __enter__(self) -> RichEvents:
@@ -56,24 +56,26 @@ class RichEvents(RunEvents):
                              info=f"loss {_fmt(record['train_loss'])}  mIoU {_fmt(record['miou'])}")
 
     def cell_done(self, cell: Cell, metrics: dict[str, Any]) -> None:
-        self.results.append((cell, metrics, "done"))
+        self.results.append((cell, metrics))
         self.progress.advance(self._grid_task)
         self.progress.console.print(f"  best mIoU {_fmt(metrics['best_miou'])} (epoch {metrics['best_epoch']}), "
                                     f"final {_fmt(metrics['final_miou'])}, {metrics['epoch_seconds']:.1f} s/epoch")
 
     def cell_failed(self, cell: Cell, error: str) -> None:
-        self.results.append((cell, None, error))
+        self.results.append((cell, None))
         self.progress.advance(self._grid_task)
         self.progress.console.print(f"  [red]failed[/]: {error}")
 
     def summary_table(self) -> Table:
         table = Table(title="cells run")
-        for column in ("cell", "best mIoU", "final mIoU", "pixel acc.", "s / epoch", "status"):
+        for column in ("arch", "loss", "masker", "fraction", "seed", "best mIoU", "final mIoU", "pixel acc.",
+                       "s / epoch", "status"):
             table.add_column(column)
-        for cell, metrics, status in self.results:
+        for cell, metrics in self.results:
+            names = (cell.arch.label, cell.loss.label, cell.masker.label, f"{cell.fraction:.4g}", str(cell.seed))
             if metrics is None:
-                table.add_row(cell.label, "–", "–", "–", "–", f"[red]{status}[/]")
+                table.add_row(*names, "–", "–", "–", "–", "[red]failed[/]")
             else:
-                table.add_row(cell.label, _fmt(metrics["best_miou"]), _fmt(metrics["final_miou"]),
+                table.add_row(*names, _fmt(metrics["best_miou"]), _fmt(metrics["final_miou"]),
                               _fmt(metrics["final_accuracy"]), f"{metrics['epoch_seconds']:.1f}", "done")
         return table

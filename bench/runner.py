@@ -20,7 +20,7 @@ import torch
 
 import registry
 from bench.data import partial_masks
-from bench.grid import Cell, Grid
+from bench.grid import Cell, Component, Grid
 from bench.provenance import provenance
 from bench.store import ResultStore
 from bench.train import CellData, train_cell
@@ -94,6 +94,18 @@ class GridData:
                         tuple(self.dataset.mean), tuple(self.dataset.std))
 
 
+def build_without_weights(arch: Component, num_classes: int, in_chans: int) -> torch.nn.Module:
+    """The architecture on the meta device (no memory for its weights), to read its attributes before training; a
+    builder that cannot work there (one that loads weights, say) is built on the CPU instead."""
+    try:
+        with torch.device("meta"):
+            return registry.create_arch(arch.name, num_classes=num_classes, in_chans=in_chans, **arch.kwargs)
+    except UserError:
+        raise
+    except Exception:
+        return registry.create_arch(arch.name, num_classes=num_classes, in_chans=in_chans, **arch.kwargs)
+
+
 def check_cells(grid: Grid, data: GridData) -> None:
     """Everything that can be wrong with a grid before any training: raises :class:`UserError` naming the problem."""
     height, width, channels = data.tile_shape()
@@ -104,8 +116,7 @@ def check_cells(grid: Grid, data: GridData) -> None:
         raise UserError(f"{grid.path}: [recipe] class_weights has {len(weights)} values; dataset "
                         f"{grid.dataset.name!r} has {num_classes} classes ({', '.join(data.dataset.class_names)})")
     for arch in {cell.arch.label: cell.arch for cell in grid.cells}.values():
-        with torch.device("meta"):  # builds the module without allocating its weights
-            model = registry.create_arch(arch.name, num_classes=num_classes, in_chans=channels, **arch.kwargs)
+        model = build_without_weights(arch, num_classes, channels)
         if height % model.size_divisor or width % model.size_divisor:
             raise UserError(f"{grid.path}: architecture {arch.label!r} needs tile sides divisible by "
                             f"{model.size_divisor}, but {grid.dataset.name!r} tiles are {height}x{width}")

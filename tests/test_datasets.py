@@ -1,0 +1,37 @@
+"""The DATASET_CONTRACT, checked for every registered dataset with its tiny test arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import registry
+
+
+@pytest.fixture(params=registry.list_datasets())
+def dataset(request):
+    return registry.create_dataset(request.param, **registry.DATASETS.entry(request.param).test_kwargs)
+
+
+def test_contract_attributes(dataset):
+    assert isinstance(dataset.num_classes, int) and dataset.num_classes >= 2
+    assert len(dataset.class_names) == dataset.num_classes and all(isinstance(n, str) for n in dataset.class_names)
+    assert {"train", "val"} <= set(dataset.splits)
+    assert len(dataset.mean) == len(dataset.std) == dataset.in_chans
+    assert all(0 <= m <= 1 for m in dataset.mean) and all(0 < s <= 1 for s in dataset.std)
+
+
+def test_contract_splits_are_fully_labelled_uint8_arrays(dataset):
+    for name in dataset.splits:
+        images, masks = dataset.split(name)
+        assert images.dtype == np.uint8 and masks.dtype == np.uint8
+        assert images.ndim == 4 and images.shape[-1] == dataset.in_chans
+        assert masks.shape == images.shape[:3]
+        if masks.size:
+            assert masks.max() < dataset.num_classes  # no unlabelled pixel: the masker makes the partial labels
+
+
+def test_contract_splits_are_stable(dataset):
+    first = dataset.split("train")
+    again = dataset.split("train")
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
