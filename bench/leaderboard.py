@@ -103,7 +103,8 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
         "mIoU is dataset-level (one confusion matrix over the whole validation split; classes absent from truth and "
         "prediction left out). *Best* is the best epoch, *final* the last; the IoU columns and pixel accuracy are "
         "final. *Per-batch mIoU* is the reference experiment's way (a mean of per-batch mIoUs), shown for comparison "
-        "only. With several seeds: mean ± standard deviation. Each row says the device it ran on.",
+        "only. With several seeds: mean ± standard deviation; with one seed, differences of one or two mIoU points are "
+        "within seed noise. Each row says the device it ran on.",
         "",
     ]
     by_table: dict[tuple[str, str], list[CellRow]] = defaultdict(list)
@@ -120,7 +121,8 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
             f"Dataset `{json.dumps(table_rows[0].config['dataset']['kwargs'], sort_keys=True)}`; "
             f"recipe: {recipe['optimizer']} lr {recipe['lr']:g}, weight decay {recipe['weight_decay']:g}, "
             f"{recipe['schedule']} schedule, batch {recipe['batch_size']}, augment {', '.join(recipe['augment']) or 'none'}"
-            f". Run {dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}.",
+            f". Run {dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}, code "
+            f"{', '.join(sorted({r.provenance['code_revision'] for r in table_rows}))}.",
             "",
             *_component_arguments(table_rows),
             _table(table_rows),
