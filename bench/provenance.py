@@ -14,15 +14,19 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("torch", "numpy", "albumentations", "partialseg-bench")
 
 
+CODE_PATHS = ("bench", "registry", "tasks", "pyproject.toml")  # what decides a result; leaderboard.md does not
+
+
 def code_revision() -> str:
-    """The git commit of the harness, with ``+dirty`` when it has uncommitted changes; ``unknown`` outside git."""
+    """The git commit of the harness, with ``+dirty`` when its code has uncommitted changes; ``unknown`` outside
+    git."""
     try:
         def git(*args: str) -> str:
             return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10,
                                   check=True).stdout.strip()
 
         revision = git("rev-parse", "--short=12", "HEAD")
-        return revision + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return revision + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
