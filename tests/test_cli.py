@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import registry
 from bench.cli import main
@@ -211,3 +212,11 @@ def test_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     assert sorted(rows.values()) == ["done", "failed"]
     assert "TrainingDiverged: training loss became nan in epoch 1" in error
     assert "Failed cells" in (tmp_path / "leaderboard.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_requested_without_a_gpu_is_one_line_exit_2(tmp_path):
+    result = run_bench("run", "--grid", "smoke", "--device", "cuda", "--out", "runs", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: --device cuda: no CUDA device is available")
+    assert not (tmp_path / "runs").exists()
