@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -53,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[plugins, outputs], help="run every unfinished cell of a grid")
     run.add_argument("--grid", required=True, help="a grid name (see `bench list grids`) or a path to a TOML file")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    run.add_argument("--epochs", type=positive_int, help="override the grid's number of epochs")
+    run.add_argument("--epochs", type=positive_int,
+                     help="override the grid's number of epochs (the same as --set recipe.epochs=N)")
+    run.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                     help="override a value of the grid file: a dotted key and a TOML value, e.g. recipe.lr=1e-4, "
+                          "'axes.seeds=[0, 1]'; repeatable")
+    run.add_argument("--data-root", type=Path, metavar="PATH",
+                     help="the folder of the dataset's files (sets its root; not part of the cells' identity)")
     run.add_argument("--dry-run", action="store_true", help="check the grid and list its cells; train nothing")
 
     listing = commands.add_parser("list", parents=[plugins], help="list registered entries or grids")
@@ -62,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
 
     commands.add_parser("leaderboard", parents=[outputs], help="regenerate the leaderboard from the store")
+
+    prepare = commands.add_parser("prepare", parents=[plugins],
+                                  help="convert a dataset once into the cache that training reads")
+    prepare.add_argument("dataset", help="a dataset that reads files, e.g. landcoverai")
+    prepare.add_argument("--root", required=True, type=Path, help="the folder of your copy of the dataset")
+    prepare.add_argument("--size", type=positive_int, help="tile side in the cache (default: the dataset's, 384)")
+    prepare.add_argument("--layout", help="which layout of the copy to read (default: auto)")
+    prepare.add_argument("--cache-dir", type=Path,
+                         help="where caches go (default: $PARTIALSEG_CACHE or ~/.cache/partialseg-bench)")
     return parser
 
 
@@ -76,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_run(args, console)
         if args.command == "list":
             return command_list(args, console)
+        if args.command == "prepare":
+            return command_prepare(args, console)
         return command_leaderboard(args, console)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -85,8 +103,14 @@ def main(argv: list[str] | None = None) -> int:
 def command_run(args: argparse.Namespace, console: Console) -> int:
     from bench.progress import RichEvents  # rich's live display is only needed here
 
-    grid = load_grid(args.grid, epochs=args.epochs)
+    grid = load_grid(args.grid, epochs=args.epochs, overrides=args.overrides, data_root=args.data_root)
     device = resolve_device(args.device)
+    try:  # before the run's live display: a dataset that reads files prepares its cache once, with its own bar
+        prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/] while preparing the dataset; run the same command again to resume",
+                      soft_wrap=True)
+        return EXIT_INTERRUPTED
     if args.dry_run:
         check_cells(grid, GridData(grid))
         show_cells(grid, args.out / STORE_NAME, console)
@@ -127,6 +151,40 @@ def command_list(args: argparse.Namespace, console: Console) -> int:
         names = REGISTRIES[args.what].list(args.patterns, args.exclude)
     for name in names:
         console.print(name, highlight=False)
+    return 0
+
+
+def prepare_dataset(name: str, kwargs: dict, console: Console):
+    """Run a dataset's one-time preparation with a progress bar; None when the dataset needs none."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prepare = getattr(registry.DATASETS.entry(name).builder, "prepare", None)
+    if prepare is None:
+        return None
+    columns = (TextColumn(f"preparing {name}"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(name, total=None)
+        return prepare(**kwargs, progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def command_prepare(args: argparse.Namespace, console: Console) -> int:
+    options = {"root": args.root, "size": args.size, "layout": args.layout, "cache_dir": args.cache_dir}
+    started = time.perf_counter()
+    try:
+        cache = prepare_dataset(args.dataset, {k: v for k, v in options.items() if v is not None}, console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: the finished part is kept; run the same command again to resume",
+                      soft_wrap=True)
+        return EXIT_INTERRUPTED
+    if cache is None:
+        raise UserError(f"dataset {args.dataset!r} needs no preparation")
+    counts = cache.manifest["counts"]
+    tiles, size = sum(counts.values()), cache.manifest["tile_size"]
+    console.print(f"{args.dataset} ready in {time.perf_counter() - started:.1f} s: "
+                  f"{', '.join(f'{n} {split}' for split, n in counts.items())} tiles of {size}x{size} px, "
+                  f"{cache.nbytes() / 1e6:.1f} MB ({cache.nbytes() / tiles / 1e3:.0f} kB per tile) in {cache.folder}",
+                  highlight=False, soft_wrap=True)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 
@@ -20,7 +21,22 @@ AUGMENTATIONS = {
     "hflip": lambda: A.HorizontalFlip(p=0.5),
     "vflip": lambda: A.VerticalFlip(p=0.5),
     "rot90": lambda: A.RandomRotate90(p=1.0),  # one of the four quarter turns, the identity included
+    # ShiftScaleRotate's ranges (shift up to 6.25 % of the side, scale 0.9..1.1, rotation up to 45 degrees) with
+    # A.Affine, which replaces it in albumentations 2. Images are interpolated bilinearly and filled with 0; masks
+    # take the nearest pixel (never a blend of two classes) and are filled with -1, so pixels that the shift or
+    # rotation brings in from outside the tile are unlabelled, not class 0. cv2 warps int8 masks as they are.
+    "shift_scale_rotate": lambda: A.Affine(
+        translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), keep_ratio=True, rotate=(-45, 45),
+        interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=UNLABELLED, p=0.5,
+    ),
 }
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor owning a contiguous copy: the datasets' arrays may be read-only memory maps, which torch must not
+    share."""
+    return torch.from_numpy(np.array(array, order="C"))
 
 
 def derive_seed(*parts: int) -> int:
@@ -40,7 +56,7 @@ def partial_masks(masks: np.ndarray, masker, fraction: float, seed: int) -> np.n
     partial labels as small as its full ones."""
     out = np.empty(masks.shape, dtype=np.int8)
     for index in range(len(masks)):
-        full = torch.from_numpy(np.ascontiguousarray(masks[index])).to(torch.int64)
+        full = torch.from_numpy(masks[index].astype(np.int64))
         partial = masker(full, fraction, tile_generator(seed, index))
         if partial.shape != full.shape or not bool(((partial == full) | (partial == UNLABELLED)).all()):
             raise ValueError(f"masker {masker!r} returned a mask that is not a partial copy of tile {index}")
@@ -52,7 +68,8 @@ class AugmentedTiles(torch.utils.data.Dataset):
     """Training tiles with their partial masks, augmented on the CPU with albumentations.
 
     Flips and quarter turns move pixels without interpolating them, so a ``-1`` stays ``-1`` and every label stays on
-    its pixel. Items are (image uint8 ``[H, W, C]``, mask int8 ``[H, W]``): normalising on the device is cheaper than
+    its pixel; ``shift_scale_rotate`` moves masks by their nearest pixel and fills what it exposes with ``-1``. Items
+    are (image uint8 ``[H, W, C]``, mask int8 ``[H, W]``): normalising on the device is cheaper than
     shipping floats.
     """
 
@@ -73,7 +90,7 @@ class AugmentedTiles(torch.utils.data.Dataset):
             self.transform.set_random_seed(derive_seed(self.seed, AUGMENT_STREAM, self.epoch, index))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(mask))
+        return _tensor(image), _tensor(mask)
 
 
 class TrainBatches:
@@ -105,8 +122,7 @@ class TrainBatches:
 def eval_batches(images: np.ndarray, masks: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Validation tiles in order, unaugmented."""
     for start in range(0, len(images), batch_size):
-        yield (torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])),
-               torch.from_numpy(np.ascontiguousarray(masks[start:start + batch_size])))
+        yield _tensor(images[start:start + batch_size]), _tensor(masks[start:start + batch_size])
 
 
 class Normalizer:

@@ -2,18 +2,24 @@
 
 A grid expands into cells, one per combination of architecture x loss x masker x label fraction x seed. Everything a
 cell needs to be rerun is in its ``config``; the hash of that config is the cell's identity in the results store.
-Every mistake in a grid file is reported before anything runs, with the file and line where it stands.
+The dataset's location (``root``, ``cache_dir``) says where the data is, not what it is: it is passed to the dataset's
+builder but kept out of the config, so moving the data does not orphan finished results.
+
+Overrides from the command line (``--set recipe.lr=1e-4``) are applied to the parsed file before it is checked. Every
+mistake is reported before anything runs, with the file and line where it stands, or the ``--set`` it came from.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 import itertools
 import json
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,8 @@ from registry.errors import UserError
 GRID_DIR = Path(__file__).resolve().parent.parent / "tasks"
 CONFIG_VERSION = 1  # bump when a change to the training code makes old results incomparable
 
-AUGMENTATIONS = ("hflip", "vflip", "rot90")
+AUGMENTATIONS = ("hflip", "vflip", "rot90", "shift_scale_rotate")
+DEFAULT_AUGMENT = ("hflip", "vflip", "rot90")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 RECIPE_DEFAULTS: dict[str, Any] = {
@@ -37,7 +44,7 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "batch_size": 16,
     "eval_batch_size": None,  # None: twice the training batch
-    "augment": list(AUGMENTATIONS),
+    "augment": list(DEFAULT_AUGMENT),
     "class_weights": None,
     "amp": True,  # on CUDA only; the CPU trains in float32
     "num_workers": None,  # None: 0 on the CPU, up to 8 on CUDA
@@ -45,6 +52,9 @@ RECIPE_DEFAULTS: dict[str, Any] = {
 TOP_KEYS = {"description", "dataset", "axes", "recipe"}
 AXIS_KEYS = {"archs", "losses", "maskers", "fractions", "seeds", "include", "exclude"}
 FILTER_KEYS = {"arch", "loss", "masker", "fraction", "seed"}
+LOCATION_KEYS = ("root", "cache_dir")  # dataset keyword arguments that say where the data is, not what it is
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_BARE_WORD = re.compile(r"^[^\s\[\]{}\"'=#,]+$")  # taken as a string when it is not a TOML value: adamw, /data/x
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,13 @@ class Grid:
     name: str
     path: Path
     description: str
-    dataset: Component
+    dataset: Component  # the dataset's identity: its name and the keyword arguments that define its data
     cells: tuple[Cell, ...]
+    dataset_location: dict[str, str] = field(default_factory=dict)  # root, cache_dir: absolute paths
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """Everything the dataset's builder is called with: identity and location."""
+        return {**self.dataset.kwargs, **self.dataset_location}
 
 
 def resolve_grid_path(name_or_path: str) -> Path:
@@ -119,24 +134,36 @@ def list_grids() -> list[str]:
     return sorted({p.stem for folder in (Path("tasks"), GRID_DIR) if folder.is_dir() for p in folder.glob("*.toml")})
 
 
-def load_grid(name_or_path: str, epochs: int | None = None) -> Grid:
-    """Read and check a grid file; ``epochs`` overrides the recipe's."""
+def load_grid(name_or_path: str, epochs: int | None = None, overrides: Sequence[str] = (),
+              data_root: str | Path | None = None) -> Grid:
+    """Read and check a grid file. ``overrides`` are ``KEY=VALUE`` strings (``recipe.lr=1e-4``); ``epochs`` is the same
+    as ``recipe.epochs=N``; ``data_root`` sets the dataset's ``root`` (a relative one is taken from the current
+    folder)."""
     path = resolve_grid_path(name_or_path)
-    return parse_grid(path.read_text(encoding="utf-8"), path, epochs=epochs)
+    return parse_grid(path.read_text(encoding="utf-8"), path, epochs=epochs, overrides=overrides, data_root=data_root)
 
 
-def parse_grid(text: str, path: Path, epochs: int | None = None) -> Grid:
+def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequence[str] = (),
+               data_root: str | Path | None = None) -> Grid:
     where = _Locator(text, path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: not valid TOML: {err}") from None
+    if epochs is not None:
+        apply_override(data, "recipe.epochs", epochs, f"--epochs {epochs}", where)
+    for argument in overrides:
+        key, value = parse_override(argument)
+        apply_override(data, key, value, f"--set {argument}", where)
+    if data_root is not None:
+        data_root = Path(data_root).expanduser().resolve()
+        apply_override(data, "dataset.root", str(data_root), f"--data-root {data_root}", where)
 
     where.check_keys(data, TOP_KEYS, table="")
     for required in ("dataset", "axes"):
         if required not in data:
             raise UserError(f"{path}: missing table [{required}]")
-    dataset = _component(data["dataset"], "dataset", registry.DATASETS, where)
+    dataset, location = _dataset(data["dataset"], where)
     axes = data["axes"]
     where.check_keys(axes, AXIS_KEYS, table="axes")
     archs = _axis(axes, "archs", registry.ARCHS, where)
@@ -144,7 +171,7 @@ def parse_grid(text: str, path: Path, epochs: int | None = None) -> Grid:
     maskers = _axis(axes, "maskers", registry.MASKERS, where)
     fractions = _fractions(axes, where)
     seeds = _seeds(axes, where)
-    recipe = _recipe(data.get("recipe", {}), where, epochs)
+    recipe = _recipe(data.get("recipe", {}), where)
     include = _filters(axes, "include", where)
     exclude = _filters(axes, "exclude", where)
 
@@ -155,7 +182,7 @@ def parse_grid(text: str, path: Path, epochs: int | None = None) -> Grid:
         try:
             uses_fraction[masker.label] = registry.create_masker(masker.name, **masker.kwargs).uses_fraction
         except UserError as err:
-            raise where.error(str(err), masker.name) from None
+            raise where.error(str(err), masker.name, key="axes.maskers") from None
     # Cells sharing partial masks (same seed, masker, fraction) come together, so each set of masks is drawn once.
     for seed, masker in itertools.product(seeds, maskers):
         for fraction, loss, arch in itertools.product(fractions if uses_fraction[masker.label] else [1.0], losses, archs):
@@ -168,7 +195,39 @@ def parse_grid(text: str, path: Path, epochs: int | None = None) -> Grid:
             cells.setdefault(cell.cell_id, cell)
     if not cells:
         raise UserError(f"{path}: the grid has no cells left after include/exclude")
-    return Grid(name, path, str(data.get("description", "")), dataset, tuple(cells.values()))
+    return Grid(name, path, str(data.get("description", "")), dataset, tuple(cells.values()), location)
+
+
+# -- overrides --------------------------------------------------------------------------------------------------------
+
+
+def parse_override(argument: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (dotted key, value): the value is read as TOML (``1e-4``, ``[0, 1]``, ``"adamw"``,
+    ``{name = "unet", base_channels = 8}``); a bare word that is not TOML (``adamw``, ``/data/x``) is a string."""
+    key, equals, text = argument.partition("=")
+    key, text = key.strip(), text.strip()
+    if not equals or not _OVERRIDE_KEY.match(key):
+        raise UserError(f"--set {argument}: expected KEY=VALUE with a dotted KEY, such as recipe.lr=1e-4")
+    try:
+        return key, tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        if _BARE_WORD.match(text):
+            return key, text
+        raise UserError(f"--set {argument}: {text!r} is not a TOML value (quote strings that hold spaces or "
+                        "punctuation: 'KEY=\"a b\"')") from None
+
+
+def apply_override(data: dict, key: str, value: Any, origin: str, where: _Locator) -> None:
+    """Set ``data[a][b]...[z] = value`` for ``key`` ``a.b....z``, creating missing tables; ``where`` remembers that
+    the key comes from ``origin``, so that a mistake in it is reported as the override's, not as the file's."""
+    node = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{origin}: {'.'.join(parts[:depth + 1])} is not a table")
+    node[parts[-1]] = value
+    where.overridden[key] = origin
 
 
 # -- parsing helpers --------------------------------------------------------------------------------------------------
@@ -181,6 +240,15 @@ class _Locator:
     def __init__(self, text: str, path: Path):
         self.lines = text.splitlines()
         self.path = path
+        self.overridden: dict[str, str] = {}  # dotted key -> the command-line argument that set it
+
+    def origin(self, key: str) -> str | None:
+        """The override that set ``key``, a table above it, or a key below it (the latest wins); None if the file."""
+        found = None
+        for overridden, origin in self.overridden.items():
+            if any(a == b or a.startswith(b + ".") for a, b in ((key, overridden), (overridden, key))):
+                found = origin
+        return found
 
     def line_of(self, needle: str, table: str = "") -> int | None:
         start = 0
@@ -193,40 +261,76 @@ class _Locator:
                 return i + 1
         return None
 
-    def error(self, message: str, needle: str, table: str = "") -> UserError:
+    def error(self, message: str, needle: str, table: str = "", key: str | None = None) -> UserError:
+        """A mistake about the value at dotted ``key`` (default: ``table.needle``): named by the override that set
+        it, or by the file's line where ``needle`` stands."""
+        origin = self.origin(key or ".".join(filter(None, (table, needle))))
+        if origin is not None:
+            return UserError(f"{origin}: {message}")
         line = self.line_of(needle, table)
         return UserError(f"{self.path}{f' line {line}' if line else ''}: {message}")
 
-    def check_keys(self, data: dict, allowed: set[str], table: str) -> None:
-        for key in data:
-            if key not in allowed:
-                close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    def check_keys(self, data: dict, allowed: set[str], table: str, key: str | None = None) -> None:
+        for name in data:
+            if name not in allowed:
+                close = difflib.get_close_matches(name, sorted(allowed), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
                 where = f"[{table}]" if table else "the top level"
-                raise self.error(f"unknown key {key!r} in {where}{hint}", key, table)
+                raise self.error(f"unknown key {name!r} in {where}{hint}", name, table,
+                                 key=".".join(filter(None, (key or table, name))))
 
 
-def _component(spec: Any, kind: str, reg: registry.Registry, where: _Locator) -> Component:
-    """An axis entry: ``"unet"`` or ``{name = "unet", label = "unet-16", base_channels = 16}``."""
+def _component(spec: Any, kind: str, reg: registry.Registry, where: _Locator, key: str) -> Component:
+    """An axis entry: ``"unet"`` or ``{name = "unet", label = "unet-16", base_channels = 16}``; ``key`` is where it
+    stands (``axes.archs``, or ``dataset``, a table whose fields are keys of their own). Keyword arguments that its
+    builder does not take are refused here, before anything runs."""
+    def field_key(name: str) -> str:
+        return f"{key}.{name}" if kind == "dataset" else key
+
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise where.error(f"a {kind} must be a name or a table with a 'name' key, not {spec!r}", kind)
+        raise where.error(f"a {kind} must be a name or a table with a 'name' key, not {spec!r}", kind,
+                          key=field_key("name"))
     kwargs = {k: v for k, v in spec.items() if k not in ("name", "label")}
     name = spec["name"]
     try:
-        reg.entry(name)
+        builder = reg.entry(name).builder
     except registry.UnknownNameError as err:
-        raise where.error(str(err), name) from None
+        raise where.error(str(err), name, key=field_key("name")) from None
+    try:
+        inspect.signature(builder).bind_partial(**kwargs)
+    except TypeError as err:
+        unknown = next((k for k in kwargs if repr(k) in str(err)), name)
+        raise where.error(f"{reg.kind} {name!r}: {err}", unknown, key=field_key(unknown)) from None
+    except ValueError:  # no inspectable signature: the builder will say
+        pass
     label = str(spec.get("label", name))
     return Component(name, label, kwargs)
+
+
+def _dataset(spec: Any, where: _Locator) -> tuple[Component, dict[str, str]]:
+    """The dataset's identity, and its location: ``root`` and ``cache_dir``, absolute, a relative one taken from the
+    grid file's folder (from the current folder when the command line set it), ``~`` expanded."""
+    dataset = _component(spec, "dataset", registry.DATASETS, where, key="dataset")
+    location = {}
+    for name in LOCATION_KEYS:
+        value = dataset.kwargs.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise where.error(f"[dataset] {name} must be a path, not {value!r}", name, "dataset")
+        base = Path.cwd() if where.origin(f"dataset.{name}") else where.path.parent
+        location[name] = str((base / Path(value).expanduser()).resolve())
+    identity = {k: v for k, v in dataset.kwargs.items() if k not in LOCATION_KEYS}
+    return Component(dataset.name, dataset.label, identity), location
 
 
 def _axis(axes: dict, key: str, reg: registry.Registry, where: _Locator) -> list[Component]:
     specs = axes.get(key)
     if not isinstance(specs, list) or not specs:
         raise where.error(f"[axes] {key} must be a non-empty list", key, "axes")
-    components = [_component(spec, key[:-1], reg, where) for spec in specs]
+    components = [_component(spec, key[:-1], reg, where, key=f"axes.{key}") for spec in specs]
     labels = [c.label for c in components]
     for label in labels:
         if labels.count(label) > 1:
@@ -257,7 +361,7 @@ def _filters(axes: dict, key: str, where: _Locator) -> list[dict]:
     if not isinstance(rules, list) or not all(isinstance(rule, dict) for rule in rules):
         raise where.error(f"[axes] {key} must be a list of tables such as {{arch = \"unet\", fraction = 0.1}}", key)
     for rule in rules:
-        where.check_keys(rule, FILTER_KEYS, table="axes")
+        where.check_keys(rule, FILTER_KEYS, table="axes", key=f"axes.{key}")
     return rules
 
 
@@ -268,11 +372,11 @@ def _matches(rule: dict, keys: dict) -> bool:
     )
 
 
-def _recipe(spec: dict, where: _Locator, epochs: int | None) -> dict[str, Any]:
+def _recipe(spec: Any, where: _Locator) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise where.error(f"[recipe] must be a table, not {spec!r}", "recipe", key="recipe")
     where.check_keys(spec, set(RECIPE_DEFAULTS), table="recipe")
     recipe = {**RECIPE_DEFAULTS, **spec}
-    if epochs is not None:
-        recipe["epochs"] = epochs
 
     def require(ok: bool, key: str, what: str) -> None:
         if not ok:

@@ -42,6 +42,11 @@ def _experiment_key(row: CellRow) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+def has_test(rows: list[CellRow]) -> bool:
+    """Whether any cell of a table was scored on a test split."""
+    return any(r.metrics.get("test_miou") is not None for r in rows)
+
+
 def _table(rows: list[CellRow]) -> str:
     groups: dict[str, list[CellRow]] = defaultdict(list)
     for row in rows:
@@ -53,6 +58,7 @@ def _table(rows: list[CellRow]) -> str:
     def best_mean(group: list[CellRow]) -> float:
         return statistics.mean(r.metrics["best_miou"] for r in group if r.metrics["best_miou"] is not None)
 
+    test = has_test(rows)
     lines = []
     for rank, group in enumerate(sorted(groups.values(), key=best_mean, reverse=True), start=1):
         first = group[0].config
@@ -66,8 +72,11 @@ def _table(rows: list[CellRow]) -> str:
             ", ".join(str(r.config["seed"]) for r in sorted(group, key=lambda r: r.config["seed"])),
             mean_std([x["best_miou"] for x in m]),
             mean_std([x["final_miou"] for x in m]),
+            mean_std([x.get("best_per_batch_miou") for x in m]),
             mean_std([x["final_per_batch_miou"] for x in m]),
             mean_std([x["final_accuracy"] for x in m]),
+            *([mean_std([x.get("test_miou") for x in m]), mean_std([x.get("test_per_batch_miou") for x in m])]
+              if test else []),
             *[mean_std([x["final_iou"][i] for x in m], 2) for i in range(len(class_names))],
             f"{statistics.mean(x['epoch_seconds'] for x in m):.1f}",
             f"{statistics.mean(x['train_images_per_second'] for x in m):.0f}",
@@ -75,9 +84,19 @@ def _table(rows: list[CellRow]) -> str:
             " / ".join(sorted({r.provenance["device"] for r in group})),
         ])
     headers = ["#", "architecture", "loss", "masker", "labelled %", "seeds", "best mIoU", "final mIoU",
-               "per-batch mIoU (ref-style)", "pixel acc.", *[f"IoU {name}" for name in class_names],
+               "best per-batch mIoU (ref-style)", "final per-batch mIoU (ref-style)", "pixel acc.",
+               *(["test mIoU", "test per-batch mIoU (ref-style)"] if test else []),
+               *[f"IoU {name}" for name in class_names],
                "s / epoch", "train img/s", "epochs", "device"]
     return tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _test_note(rows: list[CellRow]) -> str:
+    if not has_test(rows):
+        return ""
+    tiles = sorted({r.metrics["test_tiles"] for r in rows if r.metrics.get("test_tiles") is not None})
+    return (f" Test figures: the weights of each cell's best validation epoch, scored once on the test split "
+            f"({' / '.join(map(str, tiles))} tiles).")
 
 
 def _component_arguments(rows: list[CellRow]) -> list[str]:
@@ -122,7 +141,8 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
             f"recipe: {recipe['optimizer']} lr {recipe['lr']:g}, weight decay {recipe['weight_decay']:g}, "
             f"{recipe['schedule']} schedule, batch {recipe['batch_size']}, augment {', '.join(recipe['augment']) or 'none'}"
             f". Run {dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}, code "
-            f"{', '.join(sorted({r.provenance['code_revision'] for r in table_rows}))}.",
+            f"{', '.join(sorted({r.provenance['code_revision'] for r in table_rows}))}."
+            f"{_test_note(table_rows)}",
             "",
             *_component_arguments(table_rows),
             _table(table_rows),

@@ -75,7 +75,7 @@ class GridData:
 
     def __init__(self, grid: Grid):
         self.grid = grid
-        self.dataset = registry.create_dataset(grid.dataset.name, **grid.dataset.kwargs)
+        self.dataset = registry.create_dataset(grid.dataset.name, **grid.dataset_kwargs())  # identity and location
         self._masks_key: tuple | None = None
         self._masks: np.ndarray | None = None
 
@@ -90,8 +90,11 @@ class GridData:
         if key != self._masks_key:
             masker = registry.create_masker(cell.masker.name, **cell.masker.kwargs)
             self._masks, self._masks_key = partial_masks(train_full, masker, cell.fraction, cell.seed), key
+        test_images = test_masks = None
+        if "test" in self.dataset.splits:
+            test_images, test_masks = self.dataset.split("test")
         return CellData(train_images, self._masks, val_images, val_masks, self.dataset.num_classes,
-                        tuple(self.dataset.mean), tuple(self.dataset.std))
+                        tuple(self.dataset.mean), tuple(self.dataset.std), test_images, test_masks)
 
 
 def build_without_weights(arch: Component, num_classes: int, in_chans: int) -> torch.nn.Module:

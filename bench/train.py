@@ -32,7 +32,9 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class CellData:
-    """Arrays for one cell: augmented training tiles with partial masks, fully labelled validation tiles."""
+    """Arrays for one cell: augmented training tiles with partial masks, fully labelled validation tiles (evaluated
+    after every epoch) and, when the dataset has them, fully labelled test tiles (evaluated once, with the weights of
+    the best validation epoch)."""
 
     train_images: np.ndarray  # uint8 [N, H, W, C]
     train_masks: np.ndarray  # int8 [N, H, W], -1 unlabelled
@@ -41,6 +43,12 @@ class CellData:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    test_images: np.ndarray | None = None  # uint8 [T, H, W, C]
+    test_masks: np.ndarray | None = None  # uint8 [T, H, W]
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_images is not None and len(self.test_images) > 0
 
     @property
     def labelled_fraction(self) -> float:
@@ -102,16 +110,18 @@ def supervised_loss(loss_fn, outputs, target: torch.Tensor) -> torch.Tensor:
     return loss_fn(outputs, target)
 
 
-def evaluate(model, data: CellData, normalize: Normalizer, batch_size: int, precision: Precision) -> dict[str, Any]:
-    """One pass over the validation split: a dataset-level confusion matrix, and the reference's per-batch mIoU."""
+def evaluate(model, images: np.ndarray, masks: np.ndarray, num_classes: int, normalize: Normalizer,
+             batch_size: int, precision: Precision) -> dict[str, Any]:
+    """One pass over an evaluation split (the validation or the test tiles): a dataset-level confusion matrix, and the
+    reference's per-batch mIoU."""
     model.eval()
     device = normalize.device
-    cm = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64, device=device)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     per_batch = PerBatchMIoU()
     with torch.inference_mode(), precision.autocast():
-        for images, masks in eval_batches(data.val_images, data.val_masks, batch_size):
-            images, target = normalize(images, masks)
-            batch_cm = confusion_matrix(model(images).argmax(1), target, data.num_classes)
+        for batch_images, batch_masks in eval_batches(images, masks, batch_size):
+            batch_images, target = normalize(batch_images, batch_masks)
+            batch_cm = confusion_matrix(model(batch_images).argmax(1), target, num_classes)
             cm += batch_cm
             per_batch.add(batch_cm)
     result = scores(cm)
@@ -199,7 +209,8 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {recipe['lr']})")
 
         started = clock(device)
-        result = evaluate(model, data, normalize, eval_batch_size, precision)
+        result = evaluate(model, data.val_images, data.val_masks, data.num_classes, normalize, eval_batch_size,
+                          precision)
         eval_seconds = clock(device) - started
         history.append({
             "epoch": epoch + 1, "train_loss": train_loss, "miou": result["miou"], "accuracy": result["accuracy"],
@@ -218,9 +229,22 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         on_epoch(history)
 
     metrics = summarize(history, data, len(batches) * recipe["batch_size"], precision.name)
+    if data.has_test:
+        # Before last.pt goes: a run stopped here resumes with the test evaluation, without training again.
+        metrics.update(evaluate_best_on_test(model, best_path, data, normalize, eval_batch_size, precision))
     metrics["peak_memory_mb"], metrics["peak_memory_kind"] = peak_memory_mb(device)
     last_path.unlink(missing_ok=True)  # the optimizer state is only needed to resume; best.pt stays
     return history, metrics
+
+
+def evaluate_best_on_test(model, best_path: Path, data: CellData, normalize: Normalizer, batch_size: int,
+                          precision: Precision) -> dict[str, Any]:
+    """Evaluate the weights of the best validation epoch (``best.pt``) once on the test split."""
+    state = torch.load(best_path, map_location=normalize.device, weights_only=False)
+    model.load_state_dict(state["model"])
+    result = evaluate(model, data.test_images, data.test_masks, data.num_classes, normalize, batch_size, precision)
+    return {**{f"test_{key}": value for key, value in result.items()}, "test_epoch": state["epoch"],
+            "test_tiles": len(data.test_images)}
 
 
 def summarize(history: list[dict[str, Any]], data: CellData, images_per_epoch: int, precision: str) -> dict[str, Any]:

@@ -47,7 +47,9 @@ An entry is a builder ``(**kw) -> dataset`` with attributes ``num_classes`` (int
 class), ``in_chans`` (int), ``mean`` and ``std`` (per channel, in units of the 0..1 range), ``splits`` (names, with
 at least ``"train"`` and ``"val"``), and a method ``split(name) -> (images, masks)``: ``images`` uint8
 ``[N, H, W, in_chans]`` and ``masks`` uint8 ``[N, H, W]`` with values in ``0..num_classes-1`` (NumPy arrays or
-memory maps). Every split is fully labelled: the harness applies the masker to the training split.
+memory maps). Every split is fully labelled: the harness applies the masker to the training split. A ``"test"`` split,
+when there is one, is scored once per cell. Keyword arguments ``root`` and ``cache_dir`` say where the data is: the
+harness passes them (as absolute paths) but leaves them out of a cell's identity.
 """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -54,15 +55,17 @@ def test_smoke_grid_runs_and_writes_store_and_leaderboard(smoke_run):
 
 def test_stored_metrics_are_complete(smoke_run):
     work, _ = smoke_run
-    import json
-
     with sqlite3.connect(work / "runs" / "results.sqlite") as db:
         metrics, history, provenance = map(json.loads, db.execute(
             "SELECT metrics, history, provenance FROM cells LIMIT 1").fetchone())
     for key in ("best_miou", "final_miou", "final_accuracy", "final_iou", "confusion_matrix",
                 "final_per_batch_miou", "first_epoch_seconds", "epoch_seconds", "eval_seconds",
-                "train_images_per_second", "peak_memory_mb", "labelled_fraction", "class_names"):
+                "train_images_per_second", "peak_memory_mb", "labelled_fraction", "class_names",
+                "best_per_batch_miou", "test_miou", "test_accuracy", "test_iou", "test_per_batch_miou",
+                "test_confusion_matrix", "test_epoch", "test_tiles"):
         assert key in metrics
+    assert metrics["test_tiles"] == 8 and metrics["test_epoch"] == metrics["best_epoch"]  # smoke's test_size
+    assert sum(map(sum, metrics["test_confusion_matrix"])) == 8 * 32 * 32
     assert 0.0 <= metrics["best_miou"] <= 1.0 and len(metrics["final_iou"]) == 5
     assert metrics["labelled_fraction"] == pytest.approx(0.1, abs=0.01)
     assert len(history) == SMOKE.cells[0].recipe["epochs"]
@@ -116,6 +119,7 @@ name = "synthetic"
 tile_size = 32
 train_size = 4
 val_size = 4
+test_size = 4
 
 [axes]
 archs = [{ name = "unet", base_channels = 4, depth = 3 }]
@@ -134,7 +138,7 @@ batch_size = 2
     ('"partial_ce"', '"partial_cd"', "unknown loss 'partial_cd'"),
     ('"random_pixels"', '"random_pixel"', "unknown masker 'random_pixel'"),
     ('name = "synthetic"', 'name = "synth"', "unknown dataset 'synth'"),
-    ("epochs = 1", "epoch = 1", "line 14: unknown key 'epoch' in [recipe]"),
+    ("epochs = 1", "epoch = 1", "line 15: unknown key 'epoch' in [recipe]"),
     ("fractions = [0.5]", "fractions = [1.5]", "label fraction 1.5 is outside (0, 1]"),
     ("depth = 3", "depth = 7", "needs tile sides divisible by 64, but 'synthetic' tiles are 32x32"),
     ("tile_size = 32", "tile_size = 34", "needs tile sides divisible by 4, but 'synthetic' tiles are 34x34"),
@@ -161,6 +165,8 @@ def test_bad_grid_is_one_line_exit_2_and_store_untouched(smoke_run, tmp_path, ol
     (["run", "--grid", "no_such_grid"], "grid not found: no_such_grid"),
     (["run", "--grid", "smoke", "--plugin", "no_such_plugin_module"], "cannot import plugin 'no_such_plugin_module'"),
     (["leaderboard", "--out", "empty"], "no results store at empty/results.sqlite"),
+    (["run", "--grid", "smoke", "--set", "recipe.lrr=1"], "--set recipe.lrr=1: unknown key 'lrr' in [recipe]"),
+    (["run", "--grid", "smoke", "--data-root", "copies"], "dataset 'synthetic': got an unexpected keyword argument"),
 ])
 def test_bad_command_line_is_one_line_exit_2(tmp_path, args, message):
     result = run_bench(*args, cwd=tmp_path)
@@ -174,6 +180,38 @@ def test_epochs_must_be_positive(capsys):
         main(["run", "--grid", "smoke", "--epochs", "0"])
     assert info.value.code == 2
     assert "0 is not positive" in capsys.readouterr().err
+
+
+def test_set_overrides_the_grid_in_a_dry_run(tmp_path, capsys):
+    overrides = ["axes.seeds=[0, 1]", "recipe.lr=1e-4", 'recipe.augment=["shift_scale_rotate"]']
+    args = ["run", "--grid", "smoke", "--out", str(tmp_path / "runs"), "--dry-run"]
+    assert main([*args, *(f"--set={o}" for o in overrides)]) == 0
+    out = capsys.readouterr().out
+    expected = load_grid("smoke", overrides=overrides)
+    assert len(expected.cells) == 2 * len(SMOKE.cells) and f"{len(expected.cells)} cells" in out
+    assert all(cell.cell_id in out for cell in expected.cells)
+    assert not any(cell.cell_id in out for cell in SMOKE.cells)
+
+
+def test_data_root_reaches_the_dataset_builder_resolved_from_the_current_folder(tmp_path):
+    (tmp_path / "probe_dataset.py").write_text(
+        "import json\n"
+        "from registry import create_dataset, register_dataset\n"
+        "@register_dataset('probe_files')\n"
+        "def probe_files(root=None, tile_size=32):\n"
+        "    with open('received.json', 'w') as f:\n"
+        "        json.dump({'root': root, 'tile_size': tile_size}, f)\n"
+        "    return create_dataset('synthetic', tile_size=tile_size, train_size=2, val_size=2, test_size=0)\n"
+    )
+    grid = tmp_path / "grids" / "files.toml"
+    grid.parent.mkdir()
+    grid.write_text(GRID.replace('name = "synthetic"\ntile_size = 32\ntrain_size = 4\nval_size = 4\ntest_size = 4',
+                                 'name = "probe_files"\nroot = "in/grid/folder"'))
+    result = run_bench("run", "--grid", str(grid), "--plugin", "probe_dataset", "--data-root", "copies/lc",
+                       "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "received.json").read_text()) == {"root": str(tmp_path / "copies" / "lc"),
+                                                                    "tile_size": 32}
 
 
 def test_plugin_registers_an_architecture_used_by_a_grid(tmp_path):

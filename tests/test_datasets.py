@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,12 @@ import registry
 
 @pytest.fixture(params=registry.list_datasets())
 def dataset(request):
-    return registry.create_dataset(request.param, **registry.DATASETS.entry(request.param).test_kwargs)
+    """Each dataset with its test arguments; one that reads files from ``root`` gets the fixture ``<name>_root``."""
+    entry = registry.DATASETS.entry(request.param)
+    kwargs = dict(entry.test_kwargs)
+    if "root" in inspect.signature(entry.builder).parameters:
+        kwargs["root"] = request.getfixturevalue(f"{request.param}_root")
+    return registry.create_dataset(request.param, **kwargs)
 
 
 def test_contract_attributes(dataset):

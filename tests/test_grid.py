@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+import registry
 from bench.grid import GRID_DIR, list_grids, load_grid, parse_grid
+from bench.runner import GridData
 from registry.errors import UserError
 
 BASE = """\
@@ -136,3 +139,160 @@ def test_every_shipped_grid_parses(name):
 
 def test_shipped_grids_include_smoke_and_default():
     assert {"smoke", "default"} <= set(list_grids())
+
+
+# -- overrides (bench run --set KEY=VALUE) ----------------------------------------------------------------------------
+
+
+def cell_ids(grid) -> list[str]:
+    return [c.cell_id for c in grid.cells]
+
+
+def test_overrides_give_the_grid_the_file_would_give_with_the_same_edits():
+    overrides = ["recipe.lr=1e-4", "axes.seeds=[0, 1, 2]", "recipe.optimizer=adamw", "dataset.train_size=16",
+                 'recipe.augment=["hflip", "shift_scale_rotate"]', 'axes.archs=[{name = "unet", base_channels = 8}]',
+                 'axes.maskers = ["random_pixels"]']
+    edited = (BASE.replace("batch_size = 4", 'batch_size = 4\nlr = 1e-4\noptimizer = "adamw"\n'
+                                             'augment = ["hflip", "shift_scale_rotate"]')
+              .replace("seeds = [0, 1]", "seeds = [0, 1, 2]").replace("train_size = 8", "train_size = 16")
+              .replace('archs = [{name = "unet", base_channels = 4, depth = 3}, "unetplusplus"]',
+                       'archs = [{name = "unet", base_channels = 8}]')
+              .replace('maskers = ["random_pixels", "full"]', 'maskers = ["random_pixels"]'))
+    grid = parse(BASE, overrides=overrides)
+    assert cell_ids(grid) == cell_ids(parse(edited)) and len(grid.cells) == 3 * 2
+    recipe = grid.cells[0].recipe
+    assert recipe["lr"] == 1e-4 and recipe["optimizer"] == "adamw" and recipe["augment"] == ["hflip",
+                                                                                              "shift_scale_rotate"]
+    assert grid.dataset.kwargs["train_size"] == 16 and grid.cells[0].arch.kwargs == {"base_channels": 8}
+
+
+def test_epochs_flag_is_the_same_as_setting_recipe_epochs():
+    assert cell_ids(parse(BASE, epochs=1)) == cell_ids(parse(BASE, overrides=["recipe.epochs=1"]))
+    assert cell_ids(parse(BASE, epochs=1)) == cell_ids(parse(BASE.replace("epochs = 2", "epochs = 1")))
+
+
+def test_override_values_bare_words_quoted_strings_later_wins_and_new_tables():
+    bare, quoted = parse(BASE, overrides=["recipe.optimizer=sgd"]), parse(BASE, overrides=['recipe.optimizer="sgd"'])
+    assert bare.cells[0].recipe["optimizer"] == quoted.cells[0].recipe["optimizer"] == "sgd"
+    assert parse(BASE, overrides=["recipe.lr=1", "recipe.lr = 0.5"]).cells[0].recipe["lr"] == 0.5
+    no_recipe = BASE[:BASE.index("[recipe]")]
+    assert parse(no_recipe, overrides=["recipe.epochs=3"]).cells[0].recipe["epochs"] == 3
+    assert parse(BASE, overrides=["recipe.amp=false"]).cells[0].recipe["amp"] is False
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("recipe.lrr=1", "unknown key 'lrr' in [recipe]; did you mean 'lr'?"),
+    ("recipes.lr=1", "unknown key 'recipes' in the top level; did you mean 'recipe'?"),
+    ("recipe.lr=-1", "[recipe] lr = -1: must be a positive number"),
+    ("recipe.epochs=0", "epochs = 0: must be a positive integer"),
+    ("recipe.epochs=1.5", "epochs = 1.5: must be a positive integer"),
+    ("recipe.optimizer=lion", "must be one of adam, adamw, sgd"),
+    ('recipe.augment=["flip"]', "augment = ['flip']: must be a list drawn from"),
+    ("axes.seeds=[-1]", "seeds must be a non-empty list of non-negative integers"),
+    ("axes.fractions=[1.5]", "label fraction 1.5 is outside (0, 1]"),
+    ('axes.archs=["unte"]', "unknown architecture 'unte'; did you mean 'unet'"),
+    ('axes.archs=[{name = "unet", widht = 2}]', "architecture 'unet': got an unexpected keyword argument 'widht'"),
+    ("axes.archs=unet", "[axes] archs must be a non-empty list"),
+    ("axes.exclude=[{archh = 'unet'}]", "unknown key 'archh'"),
+    ("dataset.name=synthetc", "unknown dataset 'synthetc'; did you mean 'synthetic'"),
+    ("dataset.colour=blue", "dataset 'synthetic': got an unexpected keyword argument 'colour'"),
+    ("recipe.lr", "expected KEY=VALUE"),
+    ("=1", "expected KEY=VALUE"),
+    ("recipe..lr=1", "expected KEY=VALUE"),
+    ("recipe.lr=[1", "'[1' is not a TOML value"),
+    ('recipe.optimizer="adam', "is not a TOML value"),
+    ("recipe.optimizer=two words", "is not a TOML value"),
+    ("description.x=1", "description is not a table"),
+])
+def test_a_mistake_in_an_override_names_the_override_not_a_file_line(override, expected):
+    with pytest.raises(UserError) as info:
+        parse(BASE, overrides=["recipe.lr=0.01", override])
+    message = str(info.value)
+    assert message.startswith(f"--set {override}: ") and expected in message, message
+    assert "test.toml" not in message and "\n" not in message
+
+
+def test_a_file_mistake_is_not_blamed_on_an_unrelated_override():
+    for old, new, line in [('name = "synthetic"', 'name = "synthetc"', 4), ("epochs = 2", "epoch = 2", 17),
+                           ("tile_size = 32", "tile_size = 32\ncolour = 1", 6)]:
+        with pytest.raises(UserError) as info:
+            parse(BASE.replace(old, new), overrides=["dataset.train_size=16", "recipe.lr=0.01"])
+        assert str(info.value).startswith(f"test.toml line {line}: "), str(info.value)
+
+
+def test_grid_file_names_unknown_keyword_arguments_with_their_line():
+    message = line_of_error(BASE.replace("depth = 3}", "depth = 3, widht = 2}"))
+    assert message.startswith("test.toml line 10: architecture 'unet'") and "'widht'" in message
+
+
+# -- the dataset's location: root and cache_dir -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def located_dataset():
+    """A dataset that reads files from ``root``: it records what its builder receives."""
+    name = "location_probe_for_tests"
+    calls: list[dict] = []
+
+    @registry.register_dataset(name)
+    def probe(root=None, cache_dir=None, tile_size: int = 32):
+        calls.append({"root": root, "cache_dir": cache_dir, "tile_size": tile_size})
+        return registry.create_dataset("synthetic", tile_size=tile_size, train_size=2, val_size=2, test_size=0)
+
+    try:
+        yield name, calls
+    finally:
+        registry.DATASETS._entries.pop(name)
+
+
+def located_grid(name: str, location: str = "") -> str:
+    return BASE.replace('name = "synthetic"\ntile_size = 32\ntrain_size = 8\nval_size = 4\n',
+                        f'name = "{name}"\ntile_size = 32\n{location}')
+
+
+def test_location_is_passed_to_the_builder_but_is_not_identity(located_dataset, tmp_path, monkeypatch):
+    name, calls = located_dataset
+    (tmp_path / "grids").mkdir()
+    monkeypatch.chdir(tmp_path)  # not the grid file's folder
+    here = tmp_path / "grids" / "here.toml"
+    here.write_text(located_grid(name, 'root = "data/landcover"\ncache_dir = "../cache"\n'))
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text(located_grid(name, 'root = "/mnt/other/landcover"\n'))
+    a = load_grid(str(here))
+    b = parse_grid(elsewhere.read_text(), here)  # the grid's name is part of a cell's identity: give both one name
+    assert cell_ids(a) == cell_ids(b) == cell_ids(parse_grid(located_grid(name), here))
+    assert a.dataset.kwargs == {"tile_size": 32} and "landcover" not in json.dumps([c.config for c in a.cells])
+    assert a.dataset_location == {"root": str(tmp_path / "grids" / "data" / "landcover"),
+                                  "cache_dir": str(tmp_path / "cache")}
+    assert b.dataset_location == {"root": "/mnt/other/landcover"}
+
+    GridData(a)
+    assert calls[-1] == {"root": str(tmp_path / "grids" / "data" / "landcover"), "cache_dir": str(tmp_path / "cache"),
+                         "tile_size": 32}
+
+
+def test_location_home_and_command_line_roots(located_dataset, tmp_path, monkeypatch):
+    name, calls = located_dataset
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "grids" / "g.toml"
+    path.parent.mkdir()
+    path.write_text(located_grid(name, 'root = "~/landcover"\n'))
+    assert load_grid(str(path)).dataset_location["root"] == str(tmp_path / "home" / "landcover")
+    # --data-root and --set dataset.root come from the command line: relative to the current folder
+    from_flag = load_grid(str(path), data_root="copies/lc")
+    assert from_flag.dataset_location["root"] == str(tmp_path / "copies" / "lc")
+    assert load_grid(str(path), overrides=["dataset.root=copies/lc"]).dataset_location == from_flag.dataset_location
+    assert cell_ids(from_flag) == cell_ids(load_grid(str(path)))
+    GridData(from_flag)
+    assert calls[-1]["root"] == str(tmp_path / "copies" / "lc")
+
+
+def test_location_mistakes(located_dataset, tmp_path):
+    name, _ = located_dataset
+    with pytest.raises(UserError, match=r"^test.toml line 6: \[dataset\] root must be a path, not 3$"):
+        parse(located_grid(name, "root = 3\n"))
+    with pytest.raises(UserError) as info:
+        parse(BASE, data_root=tmp_path)  # synthetic reads no files
+    assert str(info.value) == (f"--data-root {tmp_path}: dataset 'synthetic': got an unexpected keyword argument "
+                               "'root'")

@@ -8,7 +8,8 @@ from bench.leaderboard import render
 from bench.store import CellRow
 
 
-def row(arch: str, seed: int, best: float, grid: str = "g", status: str = "done", error: str | None = None) -> CellRow:
+def row(arch: str, seed: int, best: float, grid: str = "g", status: str = "done", error: str | None = None,
+        test: float | None = None) -> CellRow:
     config = {
         "version": 1, "grid": grid, "dataset": {"name": "synthetic", "label": "synthetic", "kwargs": {"tile_size": 64}},
         "arch": {"name": arch, "label": arch, "kwargs": {"base_channels": 8}},
@@ -19,9 +20,12 @@ def row(arch: str, seed: int, best: float, grid: str = "g", status: str = "done"
                    "augment": ["hflip"], "epochs": 3},
     }
     metrics = {
-        "best_miou": best, "final_miou": best - 0.01, "final_per_batch_miou": best + 0.02, "final_accuracy": 0.9,
+        "best_miou": best, "final_miou": best - 0.01, "best_per_batch_miou": best + 0.03,
+        "final_per_batch_miou": best + 0.02, "final_accuracy": 0.9,
         "final_iou": [0.9, None, 0.5], "epoch_seconds": 2.0, "train_images_per_second": 100.0,
         "labelled_fraction": 0.1, "class_names": ["background", "building", "woodland"],
+        **({"test_miou": test, "test_per_batch_miou": test + 0.04, "test_epoch": 2, "test_tiles": 16}
+           if test is not None else {}),
     } if status == "done" else None
     return CellRow(f"{arch}{seed}{grid}", grid, "synthetic", f"{arch} seed {seed}", config, status, [], metrics,
                    {"device": "CPU test", "date": "2026-11-25T10:00:00+00:00", "code_revision": "abc123"}, error, 1, "t", None)
@@ -38,6 +42,44 @@ def test_seeds_are_one_row_with_mean_and_std_best_first():
     assert "unetplusplus" in lines[0] and "| 0.600 " in lines[0]
     expected = f"{statistics.mean([0.50, 0.54]):.3f} ± {statistics.stdev([0.50, 0.54]):.3f}"
     assert "unet " in lines[1] and expected in lines[1] and "| 0, 1 " in lines[1]
+
+
+def parse_tables(text: str) -> list[list[dict[str, str]]]:
+    """Every ranked table of a leaderboard as a list of {header: cell} rows."""
+    tables, headers = [], None
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| #"):
+            headers = cells
+            tables.append([])
+        elif headers and line.startswith("| ") and line[2].isdigit():
+            tables[-1].append(dict(zip(headers, cells, strict=True)))
+        elif not line.startswith("|"):
+            headers = None
+    return tables
+
+
+def test_best_and_final_per_batch_columns():
+    (table,) = parse_tables(render([row("unet", 0, 0.5), row("unet", 1, 0.54)], store_path="s"))
+    (line,) = table
+    assert line["best per-batch mIoU (ref-style)"] == f"{0.55:.3f} ± {statistics.stdev([0.53, 0.57]):.3f}"
+    assert line["final per-batch mIoU (ref-style)"] == f"{0.54:.3f} ± {statistics.stdev([0.52, 0.56]):.3f}"
+
+
+def test_test_columns_only_where_a_table_has_test_figures():
+    rows = [row("unet", 0, 0.5, grid="a", test=0.40), row("unet", 1, 0.54, grid="a", test=0.46),
+            row("unetplusplus", 0, 0.6, grid="a"), row("unet", 0, 0.5, grid="b")]
+    text = render(rows, store_path="s")
+    with_test, without = parse_tables(text)
+    assert with_test[0]["architecture"] == "unetplusplus"
+    assert with_test[0]["test mIoU"] == "–" and with_test[0]["test per-batch mIoU (ref-style)"] == "–"
+    assert with_test[1]["test mIoU"] == f"{0.43:.3f} ± {statistics.stdev([0.40, 0.46]):.3f}"
+    assert with_test[1]["test per-batch mIoU (ref-style)"] == f"{0.47:.3f} ± {statistics.stdev([0.44, 0.50]):.3f}"
+    assert "test mIoU" not in without[0]
+    section_a = text[text.index("grid `a`"):text.index("grid `b`")]
+    section_b = text[text.index("grid `b`"):text.index("## Reference")]
+    assert "best validation epoch" in section_a.split("\n\n")[1] and "(16 tiles)" in section_a
+    assert "test split" not in section_b
 
 
 def test_columns_per_class_absent_iou_and_device():

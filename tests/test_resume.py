@@ -20,6 +20,7 @@ name = "synthetic"
 tile_size = 32
 train_size = 96
 val_size = 8
+test_size = 8
 
 [axes]
 archs = [{{ name = "unet", base_channels = 8, depth = 3 }}]
@@ -31,7 +32,8 @@ fractions = [0.2, 0.3, 0.4]
 epochs = {EPOCHS}
 batch_size = 8
 """
-DETERMINISTIC = ("best_miou", "final_miou", "final_accuracy", "confusion_matrix", "final_per_batch_miou")
+DETERMINISTIC = ("best_miou", "final_miou", "final_accuracy", "confusion_matrix", "final_per_batch_miou",
+                 "test_miou", "test_confusion_matrix", "test_epoch")
 
 
 def start(work: Path, out: str) -> subprocess.Popen:

@@ -1,0 +1,216 @@
+"""A resumable on-disk cache of square tiles: for each split, ``{split}-images.npy`` (uint8 ``[N, S, S, C]``) and
+``{split}-masks.npy`` (uint8 ``[N, S, S]``), opened as memory maps, so training reads only the pages it touches.
+
+A dataset fills the cache in **units** (an orthophoto, a batch of tile files), each named by a key and fingerprinted by
+its source files. Tiles are written in place with ``pwrite`` (not through a memory map, so the writer's memory stays
+one unit's worth however large the cache). After each unit the data are synced and the unit is recorded in
+``progress.json``; ``manifest.json``, written last and atomically, is what marks the cache complete. So an interrupted
+or failed preparation leaves no cache that claims to be complete, and the next run redoes only the units that are
+missing or whose source files changed since.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from registry.errors import UserError
+
+FORMAT = 1  # bump when the files' layout changes: an older cache is then rebuilt, never misread
+MANIFEST, PROGRESS = "manifest.json", "progress.json"
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What a cache holds: the tile ids of each split in order, the tile side and channels, and a description of the
+    source (layout, size, split files...). Two plans with the same key describe the same cache."""
+
+    ids: dict[str, list[str]]
+    tile_size: int
+    in_chans: int
+    source: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        canonical = json.dumps({"format": FORMAT, "ids": self.ids, "tile_size": self.tile_size,
+                                "in_chans": self.in_chans, "source": self.source}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def shape(self, split: str, kind: str) -> tuple[int, ...]:
+        side = (len(self.ids[split]), self.tile_size, self.tile_size)
+        return (*side, self.in_chans) if kind == "images" else side
+
+
+def file_fingerprint(*paths: Path) -> str:
+    """Size and modification time of each file: cheap, and changes whenever a file is replaced or edited."""
+    parts = []
+    for path in paths:
+        stat = path.stat()
+        parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _array_path(folder: Path, split: str, kind: str) -> Path:
+    return folder / f"{split}-{kind}.npy"
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: another process is preparing this cache; wait for it") from None
+        yield
+
+
+class TileCacheWriter:
+    """Fills the cache in ``folder`` for ``plan``; use as a context manager. See the module docstring."""
+
+    def __init__(self, folder: Path, plan: CachePlan):
+        self.folder = Path(folder)
+        self.plan = plan
+        self._files: dict[tuple[str, str], tuple[int, int]] = {}  # (split, kind) -> (fd, data offset)
+        self._lock = _locked(self.folder)
+
+    def __enter__(self) -> TileCacheWriter:
+        self._lock.__enter__()
+        progress = _read_json(self.folder / PROGRESS)
+        if not (isinstance(progress, dict) and progress.get("plan") == self.plan.key and self._arrays_exist()):
+            self._start_over()
+            progress = {"plan": self.plan.key, "units": {}}
+        self.units: dict[str, dict[str, Any]] = progress["units"]
+        for split in self.plan.ids:
+            for kind in ("images", "masks"):
+                self._files[split, kind] = self._open(split, kind)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd, _ in self._files.values():
+            os.close(fd)
+        self._files.clear()
+        self._lock.__exit__(*exc)
+
+    def _arrays_exist(self) -> bool:
+        return all(_array_path(self.folder, s, k).exists() for s in self.plan.ids for k in ("images", "masks"))
+
+    def _start_over(self) -> None:
+        for path in (self.folder / MANIFEST, self.folder / PROGRESS, *self.folder.glob("*.npy")):
+            path.unlink(missing_ok=True)
+        for split in self.plan.ids:
+            for kind in ("images", "masks"):
+                # open_memmap writes the .npy header and sizes the file (sparse) without touching its pages.
+                array = np.lib.format.open_memmap(_array_path(self.folder, split, kind), mode="w+", dtype=np.uint8,
+                                                  shape=self.plan.shape(split, kind))
+                del array
+
+    def _open(self, split: str, kind: str) -> tuple[int, int]:
+        path = _array_path(self.folder, split, kind)
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            offset = f.tell()
+        if shape != self.plan.shape(split, kind) or dtype != np.uint8:
+            raise UserError(f"{path}: unexpected array {shape} {dtype} in the cache; delete {self.folder} and retry")
+        return os.open(path, os.O_RDWR), offset
+
+    def needs(self, key: str, fingerprint: str) -> bool:
+        """Whether unit ``key`` must be (re)written: never finished, or its source files changed since."""
+        return self.units.get(key, {}).get("fingerprint") != fingerprint
+
+    def invalidate(self) -> None:
+        """Withdraw the completeness mark before any tile is rewritten."""
+        (self.folder / MANIFEST).unlink(missing_ok=True)
+
+    def write(self, split: str, index: int, image: np.ndarray, mask: np.ndarray) -> None:
+        for kind, tile in (("images", image), ("masks", mask)):
+            fd, offset = self._files[split, kind]
+            expected = self.plan.shape(split, kind)[1:]
+            if tile.shape != expected or tile.dtype != np.uint8:
+                raise ValueError(f"tile {split}[{index}] {kind}: got {tile.shape} {tile.dtype}, expected {expected} uint8")
+            data = np.ascontiguousarray(tile).tobytes()
+            os.pwrite(fd, data, offset + index * len(data))
+
+    def unit_done(self, key: str, fingerprint: str, tiles: int, payload: dict[str, Any]) -> None:
+        """Record unit ``key`` as written (after syncing its tiles to disk), with a payload kept for :meth:`finish`."""
+        for fd, _ in self._files.values():
+            os.fsync(fd)
+        self.units[key] = {"fingerprint": fingerprint, "tiles": tiles, "payload": payload}
+        _write_json(self.folder / PROGRESS, {"plan": self.plan.key, "units": self.units})
+
+    def finish(self, unit_keys: list[str], extra: dict[str, Any]) -> TileCache:
+        """Mark the cache complete, once every unit in ``unit_keys`` is recorded and they cover every tile."""
+        missing = [key for key in unit_keys if key not in self.units]
+        written = sum(self.units[key]["tiles"] for key in unit_keys if key in self.units)
+        expected = sum(len(ids) for ids in self.plan.ids.values())
+        if missing or written != expected:
+            raise RuntimeError(f"cache {self.folder} incomplete: {len(missing)} units missing, "
+                               f"{written} of {expected} tiles written")
+        stale = set(self.units) - set(unit_keys)
+        for key in stale:  # units of an earlier source layout that no longer exist
+            del self.units[key]
+        if stale:
+            _write_json(self.folder / PROGRESS, {"plan": self.plan.key, "units": self.units})
+        manifest = {"format": FORMAT, "plan": self.plan.key, "ids": self.plan.ids, "tile_size": self.plan.tile_size,
+                    "in_chans": self.plan.in_chans, "source": self.plan.source,
+                    "fingerprints": {key: self.units[key]["fingerprint"] for key in unit_keys},
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+        _write_json(self.folder / MANIFEST, manifest)
+        return TileCache(self.folder, manifest)
+
+
+class TileCache:
+    """A complete cache: its manifest, and its splits as read-only memory maps."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]):
+        self.folder = folder
+        self.manifest = manifest
+
+    @classmethod
+    def open_complete(cls, folder: Path, plan: CachePlan, fingerprints: dict[str, str]) -> TileCache | None:
+        """The cache in ``folder`` if it is complete, for ``plan``, and built from sources with these fingerprints;
+        otherwise None (it must be prepared)."""
+        manifest = _read_json(Path(folder) / MANIFEST)
+        if not (isinstance(manifest, dict) and manifest.get("plan") == plan.key
+                and manifest.get("fingerprints") == fingerprints):
+            return None
+        return cls(Path(folder), manifest)
+
+    @property
+    def ids(self) -> dict[str, list[str]]:
+        return self.manifest["ids"]
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return (np.load(_array_path(self.folder, name, "images"), mmap_mode="r"),
+                np.load(_array_path(self.folder, name, "masks"), mmap_mode="r"))
+
+    def nbytes(self) -> int:
+        return sum(_array_path(self.folder, s, k).stat().st_size for s in self.ids for k in ("images", "masks"))

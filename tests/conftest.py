@@ -1,0 +1,37 @@
+"""Shared fixtures: a private dataset cache for every test, and LandCover.ai stand-ins in its real layouts."""
+
+from __future__ import annotations
+
+import pytest
+from landcoverai_layout import write_archive, write_tiles
+
+# Orthophotos of sizes that are not multiples of 512, so that edge tiles are skipped and ids have gaps; each is
+# written with another compression and strip/tile layout (see landcoverai_layout.IMAGE_FORMATS).
+LANDCOVERAI_SIZES = [(1100, 1300), (1030, 1600), (700, 1100), (600, 1200)]
+
+
+@pytest.fixture(autouse=True)
+def private_dataset_cache(tmp_path_factory, monkeypatch):
+    """No test writes to the user's cache folder."""
+    monkeypatch.setenv("PARTIALSEG_CACHE", str(tmp_path_factory.getbasetemp() / "dataset-cache"))
+
+
+@pytest.fixture(scope="session")
+def landcoverai_archive(tmp_path_factory):
+    """(root, orthophotos) of a LandCover.ai stand-in in the archive's layout."""
+    root = tmp_path_factory.mktemp("landcoverai-archive")
+    return root, write_archive(root, LANDCOVERAI_SIZES)
+
+
+@pytest.fixture(scope="session")
+def landcoverai_tiles(tmp_path_factory, landcoverai_archive):
+    """The same stand-in cut into tiles as the dataset's split.py does."""
+    root = tmp_path_factory.mktemp("landcoverai-tiles")
+    write_tiles(root, *landcoverai_archive)
+    return root
+
+
+@pytest.fixture
+def landcoverai_root(landcoverai_archive):
+    """The root the dataset contract tests give `landcoverai`."""
+    return landcoverai_archive[0]
