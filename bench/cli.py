@@ -155,17 +155,26 @@ def command_list(args: argparse.Namespace, console: Console) -> int:
 
 
 def prepare_dataset(name: str, kwargs: dict, console: Console):
-    """Run a dataset's one-time preparation with a progress bar; None when the dataset needs none."""
+    """Run a dataset's one-time preparation; None when the dataset needs none. The progress bar appears only once
+    there are tiles to write: opening a complete cache, or refusing a broken copy, prints nothing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     prepare = getattr(registry.DATASETS.entry(name).builder, "prepare", None)
     if prepare is None:
         return None
-    columns = (TextColumn(f"preparing {name}"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(name, total=None)
-        return prepare(**kwargs, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    bar = Progress(TextColumn(f"preparing {name}"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+                   TimeRemainingColumn(), console=console, transient=True)
+    task = bar.add_task(name, total=None)
+
+    def report(done: int, total: int) -> None:
+        bar.start()  # a no-op once started
+        bar.update(task, completed=done, total=total)
+
+    try:
+        return prepare(**kwargs, progress=report)
+    finally:
+        if bar.live.is_started:  # stopping a bar that never started would print an empty line
+            bar.stop()
 
 
 def command_prepare(args: argparse.Namespace, console: Console) -> int:

@@ -7,6 +7,7 @@ LZW, Deflate, JPEG and uncompressed TIFFs, stripped and tiled, with split files,
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 
 import registry
 from bench.cli import main
+from registry.datasets.image_files import read_tiff
 from registry.datasets.landcoverai import SPLITS, prepare, read_split_ids, tile_grid
 from registry.datasets.tile_cache import MANIFEST, PROGRESS
 from registry.errors import UserError
@@ -304,3 +306,26 @@ def test_seed_grid_runs_end_to_end_on_the_fixture(landcoverai_archive, tmp_path)
         assert 0 <= metrics["test_miou"] <= 1 and 0 <= metrics["test_per_batch_miou"] <= 1
     text = leaderboard.read_text()
     assert "landcoverai · grid `seed`" in text and "test mIoU" in text and "0.5054" in text
+
+
+def test_seed_grid_without_its_data_is_one_line_exit_2(capsys, tmp_path):
+    code = main(["run", "--grid", "seed", "--dry-run", "--out", str(tmp_path)])
+    assert_one_line_error(capsys, code, "needs the folder of your LandCover.ai copy", "--data-root")
+
+
+@pytest.mark.parametrize("level, fails", [(logging.ERROR, True), (logging.WARNING, False)])
+def test_damage_tifffile_only_logs_fails_the_read_but_metadata_warnings_do_not(level, fails, tmp_path, monkeypatch):
+    path = tmp_path / "orthophoto.tif"
+    tifffile.imwrite(path, np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    original = tifffile.TiffPage.asarray
+
+    def logging_asarray(self, *args, **kwargs):
+        logging.getLogger("tifffile").log(level, "incorrect StripByteCounts count")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", logging_asarray)
+    if fails:
+        with pytest.raises(UserError, match=f"{path}: cannot read this TIFF.*StripByteCounts"):
+            read_tiff(path)
+    else:
+        assert read_tiff(path).shape == (16, 16, 3)

@@ -23,8 +23,10 @@ READ_BUFFER_BYTES = 2**24
 
 
 class _Collect(logging.Handler):
+    """Collects the errors tifffile logs; its warnings (about GeoTIFF metadata, say) do not affect the pixels."""
+
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.ERROR)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -33,8 +35,8 @@ class _Collect(logging.Handler):
 
 @contextmanager
 def _reading(path: Path, what: str) -> Iterator[None]:
-    """Turn any failure to decode ``path`` into a one-line UserError. tifffile reports some damage (a strip it could
-    not decode) as a logged warning and carries on with zeros: those count as failures too."""
+    """Turn any failure to decode ``path`` into a one-line UserError. tifffile reports some damage (strip offsets or
+    counts that do not fit the image) as a logged error and carries on: those count as failures too."""
     collect = _Collect()
     logger = logging.getLogger("tifffile")
     logger.addHandler(collect)
