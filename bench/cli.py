@@ -25,6 +25,7 @@ from registry.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+DEFAULT_PERF_ARCHS = ("unet:base_channels=64,upsampling=bilinear", "unetplusplus:base_channels=64")
 REGISTRIES = {"archs": registry.ARCHS, "losses": registry.LOSSES, "maskers": registry.MASKERS,
               "datasets": registry.DATASETS}
 
@@ -78,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--layout", help="which layout of the copy to read (default: auto)")
     prepare.add_argument("--cache-dir", type=Path,
                          help="where caches go (default: $PARTIALSEG_CACHE or ~/.cache/partialseg-bench)")
+
+    perf = commands.add_parser("perf", parents=[plugins], help="measure training and evaluation speed on this device")
+    perf.add_argument("--arch", action="append", dest="archs", metavar="NAME[:KEY=VALUE,...]",
+                      help="an architecture and its arguments, e.g. unet:base_channels=64; repeatable "
+                           f"(default: {' and '.join(DEFAULT_PERF_ARCHS)})")
+    perf.add_argument("--size", type=positive_int, default=384, help="tile side (default: 384)")
+    perf.add_argument("--batch-size", type=positive_int, default=32, help="training batch (default: 32)")
+    perf.add_argument("--steps", type=positive_int, default=20, help="timed steps per measurement (default: 20)")
+    perf.add_argument("--warmup", type=positive_int, default=5, help="untimed steps first (default: 5)")
+    perf.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    perf.add_argument("--compile", action="store_true", help="torch.compile the model (compile time reported apart)")
+    perf.add_argument("--workers", type=int, help="DataLoader workers of the loader path (default: 8 on CUDA, 0 on CPU)")
+    perf.add_argument("--json", type=Path, default=Path("perf.json"), help="where to write the figures (perf.json)")
     return parser
 
 
@@ -94,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_list(args, console)
         if args.command == "prepare":
             return command_prepare(args, console)
+        if args.command == "perf":
+            return command_perf(args, console)
         return command_leaderboard(args, console)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -195,6 +211,66 @@ def command_prepare(args: argparse.Namespace, console: Console) -> int:
                   f"{cache.nbytes() / 1e6:.1f} MB ({cache.nbytes() / tiles / 1e3:.0f} kB per tile) in {cache.folder}",
                   highlight=False, soft_wrap=True)
     return 0
+
+
+def parse_arch_spec(spec: str):
+    """``unet:base_channels=64,upsampling=bilinear`` -> a Component; values are TOML, or bare strings."""
+    import tomllib
+
+    from bench.grid import Component
+
+    name, _, arguments = spec.partition(":")
+    kwargs = {}
+    for argument in filter(None, arguments.split(",")):
+        key, equals, text = argument.partition("=")
+        if not equals or not key.strip():
+            raise UserError(f"--arch {spec}: expected NAME:KEY=VALUE,KEY=VALUE")
+        try:
+            kwargs[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            kwargs[key.strip()] = text.strip()
+    registry.ARCHS.entry(name)  # an unknown name is answered with the close matches
+    return Component(name, spec, kwargs)
+
+
+def command_perf(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from bench.perf import PerfConfig, run_perf
+    from bench.runner import build_without_weights
+
+    archs = [parse_arch_spec(spec) for spec in (args.archs or DEFAULT_PERF_ARCHS)]
+    for arch in archs:
+        divisor = build_without_weights(arch, 5, 3).size_divisor
+        if args.size % divisor:
+            raise UserError(f"--arch {arch.label}: needs a tile side divisible by {divisor}, not {args.size}")
+    config = PerfConfig(archs, args.size, args.batch_size, args.steps, args.warmup, args.compile, args.workers)
+    device = resolve_device(args.device)
+    with console.status(f"measuring {len(archs)} architecture(s) on {device}"):
+        report = run_perf(config, device)
+    console.print(perf_table(report), soft_wrap=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    console.print(f"figures written to {args.json}", highlight=False)
+    return 0
+
+
+def perf_table(report: dict) -> Table:
+    table = Table(title=f"{report['device']}, {report['config']['size']}x{report['config']['size']}, batch "
+                        f"{report['config']['batch_size']}, peak {report['peak_tflops']:.1f} TFLOP/s "
+                        f"({report['peak_kind']}), {report['date'][:10]}")
+    columns = ("architecture", "params M", "GFLOP/img", "train img/s", "step ms", "data share", "TFLOP/s", "MFU",
+               "eval img/s", "loader img/s", "device/loader", "peak MB")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "architecture" else "right")
+    for r in report["results"]:
+        device_path, loader_path = r["device_path"], r["loader_path"]
+        table.add_row(r["arch"], f"{r['params_millions']:.2f}", f"{r['gflop_per_image']:.1f}",
+                      f"{device_path['images_per_second']:.1f}", f"{1000 * device_path['step_seconds']:.1f}",
+                      f"{100 * device_path['data_share']:.1f} %", f"{r['achieved_tflops']:.2f}",
+                      f"{100 * r['mfu']:.1f} %", f"{r['eval_images_per_second']:.1f}",
+                      f"{loader_path['images_per_second']:.1f}", f"{r['device_over_loader']:.2f}x",
+                      f"{r['peak_memory_mb']:.0f} ({r['peak_memory_kind']})")
+    return table
 
 
 def command_leaderboard(args: argparse.Namespace, console: Console) -> int:

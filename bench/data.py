@@ -119,10 +119,12 @@ class TrainBatches:
         return iter(loader)
 
 
-def eval_batches(images: np.ndarray, masks: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Validation tiles in order, unaugmented."""
+def eval_batches(images, masks, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Evaluation tiles in order, unaugmented: from NumPy arrays (a batch copied at a time) or from tensors already
+    on the device (sliced)."""
     for start in range(0, len(images), batch_size):
-        yield _tensor(images[start:start + batch_size]), _tensor(masks[start:start + batch_size])
+        batch = images[start:start + batch_size], masks[start:start + batch_size]
+        yield tuple(part if isinstance(part, torch.Tensor) else _tensor(part) for part in batch)
 
 
 class Normalizer:
@@ -136,7 +138,11 @@ class Normalizer:
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return self.scale(images), masks.to(self.device, non_blocking=True).to(torch.int64)
+
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images ``[N, C, H, W]`` in 0..255, already on the device, normalised (channels-last on CUDA)."""
         images = (images - self.mean) / self.std
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, masks.to(self.device, non_blocking=True).to(torch.int64)
+        return images

@@ -47,8 +47,11 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "augment": list(DEFAULT_AUGMENT),
     "class_weights": None,
     "amp": True,  # on CUDA only; the CPU trains in float32
-    "num_workers": None,  # None: 0 on the CPU, up to 8 on CUDA
+    "data_path": "auto",  # device (batches made on the device), loader (DataLoader + albumentations); auto: device on CUDA
+    "compile": False,  # torch.compile the model; its compile time is reported apart (first_step_seconds)
+    "num_workers": None,  # loader path: None is 0 on the CPU, up to 8 on CUDA
 }
+DATA_PATHS = ("auto", "device", "loader")
 TOP_KEYS = {"description", "dataset", "axes", "recipe"}
 AXIS_KEYS = {"archs", "losses", "maskers", "fractions", "seeds", "include", "exclude"}
 FILTER_KEYS = {"arch", "loss", "masker", "fraction", "seed"}
@@ -400,6 +403,8 @@ def _recipe(spec: Any, where: _Locator) -> dict[str, Any]:
     require(isinstance(recipe["augment"], list) and set(recipe["augment"]) <= set(AUGMENTATIONS), "augment",
             f"must be a list drawn from {', '.join(AUGMENTATIONS)}")
     require(isinstance(recipe["amp"], bool), "amp", "must be true or false")
+    require(isinstance(recipe["compile"], bool), "compile", "must be true or false")
+    require(recipe["data_path"] in DATA_PATHS, "data_path", f"must be one of {', '.join(DATA_PATHS)}")
     weights = recipe["class_weights"]
     require(weights is None or (isinstance(weights, list) and weights and all(number(w) and w > 0 for w in weights)),
             "class_weights", "must be a list of positive numbers")

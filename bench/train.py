@@ -22,6 +22,7 @@ import torch
 
 import registry
 from bench.data import AugmentedTiles, Normalizer, TrainBatches, eval_batches
+from bench.device_data import DeviceBatches, fits_on_device, upload
 from bench.grid import Cell
 from bench.metrics import PerBatchMIoU, confusion_matrix, scores
 
@@ -156,14 +157,13 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    # Checkpoints hold the plain module's weights; the compiled one (if any) only runs the steps.
+    forward = torch.compile(model) if recipe["compile"] else model
     loss_fn = registry.create_loss(cell.loss.name, **cell.loss.kwargs, weight=recipe["class_weights"])
     precision = choose_precision(device, recipe["amp"])
-    num_workers = recipe["num_workers"]
-    if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-    batches = TrainBatches(AugmentedTiles(data.train_images, data.train_masks, recipe["augment"], cell.seed),
-                           recipe["batch_size"], num_workers, pin_memory=device.type == "cuda")
     normalize = Normalizer(data.mean, data.std, device)
+    batches, data_path = training_batches(cell, data, normalize)
+    val_images, val_masks = eval_tiles(data.val_images, data.val_masks, data_path, device)
     optimizer = build_optimizer(model, recipe, device)
     schedule = build_schedule(optimizer, recipe, len(batches))
     eval_batch_size = recipe["eval_batch_size"] or 2 * recipe["batch_size"]
@@ -184,14 +184,14 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    first_step_seconds = None
     for epoch in range(start_epoch, recipe["epochs"]):
         model.train()
         loss_sum = torch.zeros((), device=device)
         started = clock(device)
-        for step, (images, masks) in enumerate(batches.epoch(epoch)):
-            images, target = normalize(images, masks)
+        for step, (images, target) in enumerate(batches.epoch(epoch)):
             with precision.autocast():
-                loss = supervised_loss(loss_fn, model(images), target)
+                loss = supervised_loss(loss_fn, forward(images), target)
             optimizer.zero_grad(set_to_none=True)
             if precision.scaler is not None:
                 precision.scaler.scale(loss).backward()
@@ -202,6 +202,8 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
                 optimizer.step()
             schedule.step()
             loss_sum += loss.detach()
+            if first_step_seconds is None:  # compilation and cuDNN autotuning happen here: reported apart
+                first_step_seconds = clock(device) - started
             on_step(step + 1, len(batches))
         train_seconds = clock(device) - started
         train_loss = float(loss_sum) / len(batches)  # one synchronisation per epoch, not per step
@@ -209,8 +211,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {recipe['lr']})")
 
         started = clock(device)
-        result = evaluate(model, data.val_images, data.val_masks, data.num_classes, normalize, eval_batch_size,
-                          precision)
+        result = evaluate(forward, val_images, val_masks, data.num_classes, normalize, eval_batch_size, precision)
         eval_seconds = clock(device) - started
         history.append({
             "epoch": epoch + 1, "train_loss": train_loss, "miou": result["miou"], "accuracy": result["accuracy"],
@@ -229,22 +230,69 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         on_epoch(history)
 
     metrics = summarize(history, data, len(batches) * recipe["batch_size"], precision.name)
+    metrics.update(data_path=data_path, compiled=recipe["compile"], first_step_seconds=first_step_seconds)
     if data.has_test:
         # Before last.pt goes: a run stopped here resumes with the test evaluation, without training again.
-        metrics.update(evaluate_best_on_test(model, best_path, data, normalize, eval_batch_size, precision))
+        test_images, test_masks = eval_tiles(data.test_images, data.test_masks, data_path, device)
+        metrics.update(evaluate_best_on_test(model, forward, best_path, (test_images, test_masks), data.num_classes,
+                                             normalize, eval_batch_size, precision))
     metrics["peak_memory_mb"], metrics["peak_memory_kind"] = peak_memory_mb(device)
     last_path.unlink(missing_ok=True)  # the optimizer state is only needed to resume; best.pt stays
     return history, metrics
 
 
-def evaluate_best_on_test(model, best_path: Path, data: CellData, normalize: Normalizer, batch_size: int,
-                          precision: Precision) -> dict[str, Any]:
-    """Evaluate the weights of the best validation epoch (``best.pt``) once on the test split."""
+def evaluate_best_on_test(model, forward, best_path: Path, test: tuple, num_classes: int, normalize: Normalizer,
+                          batch_size: int, precision: Precision) -> dict[str, Any]:
+    """Evaluate the weights of the best validation epoch (``best.pt``) once on the test split; ``forward`` is the
+    model as it runs (compiled or not), sharing ``model``'s weights."""
     state = torch.load(best_path, map_location=normalize.device, weights_only=False)
     model.load_state_dict(state["model"])
-    result = evaluate(model, data.test_images, data.test_masks, data.num_classes, normalize, batch_size, precision)
+    images, masks = test
+    result = evaluate(forward, images, masks, num_classes, normalize, batch_size, precision)
     return {**{f"test_{key}": value for key, value in result.items()}, "test_epoch": state["epoch"],
-            "test_tiles": len(data.test_images)}
+            "test_tiles": len(images)}
+
+
+class LoaderBatches:
+    """The DataLoader path (the reference's way): tiles augmented by albumentations on the CPU, then moved to the
+    device and normalised there; the same interface as :class:`bench.device_data.DeviceBatches`."""
+
+    def __init__(self, batches: TrainBatches, normalize: Normalizer):
+        self.batches = batches
+        self.normalize = normalize
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def epoch(self, epoch: int):
+        return (self.normalize(images, masks) for images, masks in self.batches.epoch(epoch))
+
+
+def training_batches(cell: Cell, data: CellData, normalize: Normalizer):
+    """The recipe's data path and a description of it: ``device`` makes batches on the device from tiles held there
+    (or in pinned host memory when they do not fit), ``loader`` uses a DataLoader; ``auto`` is device on CUDA."""
+    recipe, device = cell.recipe, normalize.device
+    path = recipe["data_path"]
+    if path == "auto":
+        path = "device" if device.type == "cuda" else "loader"
+    if path == "device":
+        batches = DeviceBatches(data.train_images, data.train_masks, recipe["augment"], cell.seed,
+                                recipe["batch_size"], normalize)
+        return batches, f"device ({'resident' if batches.store.resident else 'pinned host memory'})"
+    workers = recipe["num_workers"]
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    tiles = AugmentedTiles(data.train_images, data.train_masks, recipe["augment"], cell.seed)
+    batches = TrainBatches(tiles, recipe["batch_size"], workers, pin_memory=device.type == "cuda")
+    return LoaderBatches(batches, normalize), f"loader ({workers} workers)"
+
+
+def eval_tiles(images: np.ndarray, masks: np.ndarray, data_path: str, device: torch.device):
+    """Evaluation tiles for the data path: uploaded once to the device on the device path when they fit, else as
+    they are (uploaded batch by batch)."""
+    if data_path.startswith("device") and fits_on_device(images.nbytes + masks.nbytes, device):
+        return upload(images, device), upload(masks, device)
+    return images, masks
 
 
 def summarize(history: list[dict[str, Any]], data: CellData, images_per_epoch: int, precision: str) -> dict[str, Any]:

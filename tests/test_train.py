@@ -117,8 +117,8 @@ def test_the_test_pass_uses_best_pt_not_the_weights_in_hand(tmp_path):
     data = CellData(images, masks.astype(np.int8), images, masks, num_classes, (0.5,) * 3, (0.25,) * 3,
                     test_images=images, test_masks=masks)
     precision = Precision(lambda: torch.autocast("cpu", enabled=False), None, "float32")
-    result = evaluate_best_on_test(in_hand, tmp_path / "best.pt", data, Normalizer((0.5,) * 3, (0.25,) * 3, CPU), 2,
-                                   precision)
+    result = evaluate_best_on_test(in_hand, in_hand, tmp_path / "best.pt", (data.test_images, data.test_masks),
+                                   num_classes, Normalizer((0.5,) * 3, (0.25,) * 3, CPU), 2, precision)
     cm = np.array(result["test_confusion_matrix"])
     assert cm[:, 3].sum() == masks.size and cm.sum() == masks.size  # everything predicted as class 3
     assert result["test_epoch"] == 7 and result["test_tiles"] == 5

@@ -1,0 +1,175 @@
+"""``bench perf``: how fast architectures train and evaluate on this device, against what the device can do.
+
+For each architecture, on random tiles of the chosen size: training steps through both data paths (batches made on
+the device, and the DataLoader + albumentations path), timed step by step after a warm-up, with the device
+synchronised before every clock read; the median step gives images/s, and the median time spent waiting for a batch
+gives the data path's share of the step. FLOPs of one training step are counted with ``torch.utils.flop_counter``;
+divided by the step time they give the achieved TFLOP/s, and divided again by a matrix-multiply peak measured in the
+same run (bf16 on CUDA, float32 on the CPU), the model FLOP utilisation (MFU). Evaluation is timed the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import registry
+from bench.data import AugmentedTiles, Normalizer, TrainBatches
+from bench.device_data import DeviceBatches
+from bench.grid import Component
+from bench.train import LoaderBatches, build_optimizer, choose_precision, clock, supervised_loss
+from bench.train import peak_memory_mb as peak_memory_mb_of
+
+NUM_CLASSES = 5
+AUGMENT = ["hflip", "vflip", "rot90", "shift_scale_rotate"]
+
+
+@dataclass
+class PerfConfig:
+    archs: list[Component]
+    size: int = 384
+    batch_size: int = 32
+    steps: int = 20
+    warmup: int = 5
+    compile: bool = False
+    num_workers: int | None = None  # loader path; None: up to 8 on CUDA, 0 on the CPU
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def matmul_peak_tflops(device: torch.device) -> tuple[float, str]:
+    """The best of several timed square matrix multiplies: bf16 on CUDA, float32 on the CPU."""
+    dtype, n = (torch.bfloat16, 8192) if device.type == "cuda" else (torch.float32, 1024)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        started = clock(device)
+        a @ b
+        times.append(clock(device) - started)
+    return 2 * n**3 / min(times) / 1e12, f"{str(dtype).removeprefix('torch.')} {n}x{n} matmul"
+
+
+def training_flops(model: torch.nn.Module, loss_fn, images: torch.Tensor, target: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter:
+        supervised_loss(loss_fn, model(images), target).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def random_tiles(count: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    masks = np.where(rng.random((count, size, size)) < 0.1, rng.integers(0, NUM_CLASSES, (count, size, size)), -1)
+    return images, masks.astype(np.int8)
+
+
+def time_training(batches, train_step: Callable, config: PerfConfig, device: torch.device) -> dict[str, float]:
+    """Median step and data-wait times over ``config.steps`` steps, after ``config.warmup`` untimed ones."""
+    steps, waits, epoch = [], [], 0
+    iterator = iter(batches.epoch(epoch))
+    for index in range(config.warmup + config.steps):
+        started = clock(device)
+        try:
+            images, target = next(iterator)
+        except StopIteration:
+            epoch += 1
+            iterator = iter(batches.epoch(epoch))
+            images, target = next(iterator)
+        ready = clock(device)
+        train_step(images, target)
+        done = clock(device)
+        if index >= config.warmup:
+            steps.append(done - started)
+            waits.append(ready - started)
+    step = statistics.median(steps)
+    return {"step_seconds": step, "images_per_second": config.batch_size / step,
+            "data_seconds": statistics.median(waits), "data_share": statistics.median(waits) / step}
+
+
+def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak_tflops: float) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = registry.create_arch(arch.name, num_classes=NUM_CLASSES, in_chans=3, **arch.kwargs).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    loss_fn = registry.create_loss("partial_ce")
+    precision = choose_precision(device, amp=True)
+    optimizer = build_optimizer(model, {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0}, device)
+    forward = torch.compile(model) if config.compile else model
+    normalize = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), device)
+    tiles = max(4 * config.batch_size, 16)
+    images, masks = random_tiles(tiles, config.size)
+
+    def train_step(batch_images: torch.Tensor, target: torch.Tensor) -> None:
+        with precision.autocast():
+            loss = supervised_loss(loss_fn, forward(batch_images), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    sample_images, sample_target = next(iter(DeviceBatches(images, masks, [], 0, config.batch_size, normalize)
+                                             .epoch(0)))
+    with precision.autocast():
+        flops = training_flops(model, loss_fn, sample_images, sample_target)
+    compile_seconds = None
+    if config.compile:
+        started = clock(device)
+        train_step(sample_images, sample_target)
+        compile_seconds = clock(device) - started
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    device_path = time_training(DeviceBatches(images, masks, AUGMENT, 0, config.batch_size, normalize), train_step,
+                                config, device)
+    peak_memory_mb, peak_memory_kind = peak_memory_mb_of(device)
+    workers = config.num_workers if config.num_workers is not None else (8 if device.type == "cuda" else 0)
+    loader = LoaderBatches(TrainBatches(AugmentedTiles(images, masks, AUGMENT, 0), config.batch_size, workers,
+                                        pin_memory=device.type == "cuda"), normalize)
+    loader_path = time_training(loader, train_step, config, device)
+
+    model.eval()
+    eval_times = []
+    with torch.inference_mode(), precision.autocast():
+        for index in range(config.warmup + config.steps):
+            started = clock(device)
+            forward(sample_images).argmax(1)
+            if index >= config.warmup:
+                eval_times.append(clock(device) - started)
+    achieved = flops / device_path["step_seconds"] / 1e12
+    return {
+        "arch": arch.label, "kwargs": arch.kwargs, "params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
+        "gflop_per_image": flops / config.batch_size / 1e9, "device_path": device_path, "loader_path": loader_path,
+        "device_over_loader": loader_path["step_seconds"] / device_path["step_seconds"],
+        "achieved_tflops": achieved, "mfu": achieved / peak_tflops,
+        "eval_images_per_second": config.batch_size / statistics.median(eval_times),
+        "peak_memory_mb": peak_memory_mb, "peak_memory_kind": peak_memory_kind, "compile_seconds": compile_seconds, "precision": precision.name,
+        "loader_workers": workers,
+    }
+
+
+def run_perf(config: PerfConfig, device: torch.device,
+             on_arch: Callable[[dict[str, Any]], None] = lambda result: None) -> dict[str, Any]:
+    peak, peak_kind = matmul_peak_tflops(device)
+    results = []
+    for arch in config.archs:
+        results.append(measure_arch(arch, config, device, peak))
+        on_arch(results[-1])
+    return {
+        "device": device_name(device), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "config": {**asdict(config), "archs": [a.as_config() for a in config.archs]},
+        "augment": AUGMENT, "peak_tflops": peak, "peak_kind": peak_kind, "results": results,
+    }

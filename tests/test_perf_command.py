@@ -1,0 +1,53 @@
+"""`bench perf` on the CPU with a tiny configuration: every figure present, consistent, and honest about its device."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main
+
+TINY = ["--arch", "unet:base_channels=4,depth=3", "--arch", "unetplusplus:base_channels=4,depth=3", "--size", "32",
+        "--batch-size", "4", "--steps", "2", "--warmup", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("perf") / "perf.json"
+    assert main(["perf", *TINY, "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def test_every_architecture_is_measured_through_both_data_paths(report):
+    assert [r["arch"] for r in report["results"]] == ["unet:base_channels=4,depth=3",
+                                                       "unetplusplus:base_channels=4,depth=3"]
+    assert report["device"].startswith("CPU") and report["peak_kind"].startswith("float32")
+    for result in report["results"]:
+        for path in ("device_path", "loader_path"):
+            figures = result[path]
+            assert figures["step_seconds"] > 0 and 0 <= figures["data_share"] <= 1
+            assert figures["images_per_second"] == pytest.approx(4 / figures["step_seconds"])
+        assert result["device_over_loader"] == pytest.approx(
+            result["loader_path"]["step_seconds"] / result["device_path"]["step_seconds"])
+
+
+def test_flops_mfu_and_throughput_are_consistent(report):
+    for result in report["results"]:
+        step_flops = result["gflop_per_image"] * 1e9 * 4
+        assert result["achieved_tflops"] == pytest.approx(step_flops / result["device_path"]["step_seconds"] / 1e12)
+        assert result["mfu"] == pytest.approx(result["achieved_tflops"] / report["peak_tflops"])
+        assert result["eval_images_per_second"] > 0 and result["peak_memory_mb"] > 0
+    unet, unetplusplus = report["results"]
+    assert unetplusplus["gflop_per_image"] > unet["gflop_per_image"]  # nested skip paths cost more at equal width
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "unte"], "did you mean 'unet'"),
+    (["--arch", "unet:base_channels=4", "--size", "40"], "divisible by 16"),
+    (["--arch", "unet:base_channels"], "expected NAME:KEY=VALUE"),
+])
+def test_bad_perf_arguments_are_one_line_exit_2(args, message, capsys, tmp_path):
+    assert main(["perf", *args, "--device", "cpu", "--json", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
