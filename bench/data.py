@@ -134,15 +134,12 @@ class Normalizer:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
         self.device = device
-        self.channels_last = device.type == "cuda"
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         return self.scale(images), masks.to(self.device, non_blocking=True).to(torch.int64)
 
     def scale(self, images: torch.Tensor) -> torch.Tensor:
-        """Float images ``[N, C, H, W]`` in 0..255, already on the device, normalised (channels-last on CUDA)."""
-        images = (images - self.mean) / self.std
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        """Float images ``[N, C, H, W]`` in 0..255, already on the device, normalised, in the channels-last layout
+        the models run in."""
+        return ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,6 @@ same run (bf16 on CUDA, float32 on the CPU), the model FLOP utilisation (MFU). E
 from __future__ import annotations
 
 import datetime as dt
-import platform
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ import registry
 from bench.data import AugmentedTiles, Normalizer, TrainBatches
 from bench.device_data import DeviceBatches
 from bench.grid import Component
+from bench.provenance import device_name
 from bench.train import LoaderBatches, build_optimizer, choose_precision, clock, supervised_loss
 from bench.train import peak_memory_mb as peak_memory_mb_of
 
@@ -43,15 +43,9 @@ class PerfConfig:
     num_workers: int | None = None  # loader path; None: up to 8 on CUDA, 0 on the CPU
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
 def matmul_peak_tflops(device: torch.device) -> tuple[float, str]:
     """The best of several timed square matrix multiplies: bf16 on CUDA, float32 on the CPU."""
-    dtype, n = (torch.bfloat16, 8192) if device.type == "cuda" else (torch.float32, 1024)
+    dtype, n = (torch.bfloat16, 8192) if device.type == "cuda" else (torch.float32, 2048)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -103,8 +97,8 @@ def time_training(batches, train_step: Callable, config: PerfConfig, device: tor
 def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak_tflops: float) -> dict[str, Any]:
     torch.manual_seed(0)
     model = registry.create_arch(arch.name, num_classes=NUM_CLASSES, in_chans=3, **arch.kwargs).to(device)
+    model = model.to(memory_format=torch.channels_last)  # as bench.train does
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     loss_fn = registry.create_loss("partial_ce")
     precision = choose_precision(device, amp=True)

@@ -1,0 +1,113 @@
+"""Timing regressions of the CPU hot paths, checked against ``baseline.json`` (see conftest.py and perfcheck.py).
+
+Each test builds its inputs (not timed) and calls ``perf(fn, rounds=N)`` once; ``fn`` takes no arguments and is one
+round. The maskers and losses are parametrized over their registries, so a newly registered one is timed at once
+(reported as new, not checked, until the baseline is refreshed).
+
+To add a benchmark:
+
+    def test_something(perf):
+        inputs = ...                                      # fixed, seeded inputs: a realistic batch
+        perf(lambda: something(inputs), rounds=30)
+
+then record it with ``python -m pytest tests/perf --refresh-perf-baseline`` and commit ``baseline.json``. Keep a
+round between about 0.2 and 50 ms, make it do the same work every time (reseed generators inside ``fn``), and pick
+``rounds`` so that the rounds take about half a second: the whole suite must stay well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import registry
+from bench.device_data import draw_transforms, warp
+from bench.metrics import confusion_matrix
+from registry.datasets.synthetic import generate_tile
+
+NUM_CLASSES = 5
+TILE = 64
+FRACTION = 0.1
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def full_masks(count: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, NUM_CLASSES, (count, TILE, TILE), generator=seeded(seed))
+
+
+def partial_targets(count: int, seed: int = 1) -> torch.Tensor:
+    g = seeded(seed)
+    target = torch.randint(0, NUM_CLASSES, (count, TILE, TILE), generator=g)
+    target[torch.rand(target.shape, generator=g) >= FRACTION] = -1
+    return target
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "rounds"), [
+    ("unet", {"base_channels": 8}, 20),           # ~17 ms a round on one core of the CI machines
+    ("unetplusplus", {"base_channels": 8}, 10),   # ~55 ms
+], ids=["unet", "unetplusplus"])
+def test_arch_forward_backward(perf, arch, kwargs, rounds):
+    """One training step's forward and backward pass (no optimizer) of a small model, batch 4 of 64 x 64."""
+    torch.manual_seed(0)
+    model = registry.create_arch(arch, NUM_CLASSES, **kwargs).train()
+    images = torch.randn(4, 3, TILE, TILE, generator=seeded())
+    target = full_masks(4)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        logits = model(images)
+        torch.nn.functional.cross_entropy(logits, target).backward()
+
+    perf(step, rounds=rounds)
+
+
+@pytest.mark.parametrize("name", registry.list_maskers())
+def test_masker(perf, name):
+    """A batch of 64 full masks of 64 x 64 made partial at 10 %, as the harness does per tile."""
+    masker = registry.create_masker(name, **registry.MASKERS.entry(name).test_kwargs)
+    masks = list(full_masks(64))
+
+    def mask_batch():
+        generator = seeded()  # the same pixels, hence the same work, in every round
+        return [masker(mask, FRACTION, generator) for mask in masks]
+
+    perf(mask_batch, rounds=40)
+
+
+@pytest.mark.parametrize("name", registry.list_losses())
+def test_loss_forward_backward(perf, name):
+    """Loss and its gradient on logits of a batch of 16 of 64 x 64 with 10 % of the pixels labelled."""
+    loss_fn = registry.create_loss(name, **registry.LOSSES.entry(name).test_kwargs)
+    logits = torch.randn(16, NUM_CLASSES, TILE, TILE, generator=seeded()).requires_grad_()
+    target = partial_targets(16)
+
+    def step():
+        logits.grad = None
+        loss_fn(logits, target).backward()
+
+    perf(step, rounds=40)
+
+
+def test_confusion_matrix(perf):
+    """One evaluation batch (32 of 64 x 64) counted into the confusion matrix, 10 % of its pixels ignored."""
+    target = full_masks(32, seed=2)
+    target[torch.rand(target.shape, generator=seeded(3)) < 0.1] = -1
+    pred = full_masks(32, seed=4)
+    perf(lambda: confusion_matrix(pred, target, NUM_CLASSES), rounds=40)
+
+
+def test_synthetic_tiles(perf):
+    """Two 128-pixel synthetic tiles (the default grid's size), always the same two: tiles differ in work."""
+    perf(lambda: [generate_tile(0, index, 128) for index in (0, 1)], rounds=15)
+
+
+def test_device_augmentation(perf):
+    """A batch of 16 tiles of 64 x 64 through the device path's augmentation (drawing the flips, quarter turns and
+    shift-scale-rotate, then one grid_sample for images and one for labels), on the CPU."""
+    images = torch.randint(0, 256, (16, 3, TILE, TILE), generator=seeded()).float()
+    masks = partial_targets(16)
+    augment = ["hflip", "vflip", "rot90", "shift_scale_rotate"]
+    perf(lambda: warp(images, masks, draw_transforms(augment, 16, TILE, seeded())), rounds=30)
