@@ -213,30 +213,10 @@ def command_prepare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def parse_arch_spec(spec: str):
-    """``unet:base_channels=64,upsampling=bilinear`` -> a Component; values are TOML, or bare strings."""
-    import tomllib
-
-    from bench.grid import Component
-
-    name, _, arguments = spec.partition(":")
-    kwargs = {}
-    for argument in filter(None, arguments.split(",")):
-        key, equals, text = argument.partition("=")
-        if not equals or not key.strip():
-            raise UserError(f"--arch {spec}: expected NAME:KEY=VALUE,KEY=VALUE")
-        try:
-            kwargs[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            kwargs[key.strip()] = text.strip()
-    registry.ARCHS.entry(name)  # an unknown name is answered with the close matches
-    return Component(name, spec, kwargs)
-
-
 def command_perf(args: argparse.Namespace, console: Console) -> int:
     import json
 
-    from bench.perf import PerfConfig, run_perf
+    from bench.perf import PerfConfig, parse_arch_spec, perf_table, run_perf
     from bench.runner import build_without_weights
 
     archs = [parse_arch_spec(spec) for spec in (args.archs or DEFAULT_PERF_ARCHS)]
@@ -252,25 +232,6 @@ def command_perf(args: argparse.Namespace, console: Console) -> int:
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     console.print(f"figures written to {args.json}", highlight=False)
     return 0
-
-
-def perf_table(report: dict) -> Table:
-    table = Table(title=f"{report['device']}, {report['config']['size']}x{report['config']['size']}, batch "
-                        f"{report['config']['batch_size']}, peak {report['peak_tflops']:.1f} TFLOP/s "
-                        f"({report['peak_kind']}), {report['date'][:10]}")
-    columns = ("architecture", "params M", "GFLOP/img", "train img/s", "step ms", "data share", "TFLOP/s", "MFU",
-               "eval img/s", "loader img/s", "device/loader", "peak MB")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "architecture" else "right")
-    for r in report["results"]:
-        device_path, loader_path = r["device_path"], r["loader_path"]
-        table.add_row(r["arch"], f"{r['params_millions']:.2f}", f"{r['gflop_per_image']:.1f}",
-                      f"{device_path['images_per_second']:.1f}", f"{1000 * device_path['step_seconds']:.1f}",
-                      f"{100 * device_path['data_share']:.1f} %", f"{r['achieved_tflops']:.2f}",
-                      f"{100 * r['mfu']:.1f} %", f"{r['eval_images_per_second']:.1f}",
-                      f"{loader_path['images_per_second']:.1f}", f"{r['device_over_loader']:.2f}x",
-                      f"{r['peak_memory_mb']:.0f} ({r['peak_memory_kind']})")
-    return table
 
 
 def command_leaderboard(args: argparse.Namespace, console: Console) -> int:

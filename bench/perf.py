@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
+import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 import registry
@@ -27,6 +29,7 @@ from bench.grid import Component
 from bench.provenance import device_name
 from bench.train import LoaderBatches, build_optimizer, choose_precision, clock, supervised_loss
 from bench.train import peak_memory_mb as peak_memory_mb_of
+from registry.errors import UserError
 
 NUM_CLASSES = 5
 AUGMENT = ["hflip", "vflip", "rot90", "shift_scale_rotate"]
@@ -155,15 +158,46 @@ def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak
     }
 
 
-def run_perf(config: PerfConfig, device: torch.device,
-             on_arch: Callable[[dict[str, Any]], None] = lambda result: None) -> dict[str, Any]:
+def run_perf(config: PerfConfig, device: torch.device) -> dict[str, Any]:
     peak, peak_kind = matmul_peak_tflops(device)
-    results = []
-    for arch in config.archs:
-        results.append(measure_arch(arch, config, device, peak))
-        on_arch(results[-1])
+    results = [measure_arch(arch, config, device, peak) for arch in config.archs]
     return {
         "device": device_name(device), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__, "config": {**asdict(config), "archs": [a.as_config() for a in config.archs]},
         "augment": AUGMENT, "peak_tflops": peak, "peak_kind": peak_kind, "results": results,
     }
+
+
+def parse_arch_spec(spec: str):
+    """``unet:base_channels=64,upsampling=bilinear`` -> a Component; values are TOML, or bare strings."""
+    name, _, arguments = spec.partition(":")
+    kwargs = {}
+    for argument in filter(None, arguments.split(",")):
+        key, equals, text = argument.partition("=")
+        if not equals or not key.strip():
+            raise UserError(f"--arch {spec}: expected NAME:KEY=VALUE,KEY=VALUE")
+        try:
+            kwargs[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            kwargs[key.strip()] = text.strip()
+    registry.ARCHS.entry(name)  # an unknown name is answered with the close matches
+    return Component(name, spec, kwargs)
+
+
+def perf_table(report: dict) -> Table:
+    table = Table(title=f"{report['device']}, {report['config']['size']}x{report['config']['size']}, batch "
+                        f"{report['config']['batch_size']}, peak {report['peak_tflops']:.1f} TFLOP/s "
+                        f"({report['peak_kind']}), {report['date'][:10]}")
+    columns = ("architecture", "params M", "GFLOP/img", "train img/s", "step ms", "data share", "TFLOP/s", "MFU",
+               "eval img/s", "loader img/s", "device/loader", "peak MB")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "architecture" else "right")
+    for r in report["results"]:
+        device_path, loader_path = r["device_path"], r["loader_path"]
+        table.add_row(r["arch"], f"{r['params_millions']:.2f}", f"{r['gflop_per_image']:.1f}",
+                      f"{device_path['images_per_second']:.1f}", f"{1000 * device_path['step_seconds']:.1f}",
+                      f"{100 * device_path['data_share']:.1f} %", f"{r['achieved_tflops']:.2f}",
+                      f"{100 * r['mfu']:.1f} %", f"{r['eval_images_per_second']:.1f}",
+                      f"{loader_path['images_per_second']:.1f}", f"{r['device_over_loader']:.2f}x",
+                      f"{r['peak_memory_mb']:.0f} ({r['peak_memory_kind']})")
+    return table
