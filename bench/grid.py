@@ -171,6 +171,11 @@ def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequ
     where.check_keys(axes, AXIS_KEYS, table="axes")
     archs = _axis(axes, "archs", registry.ARCHS, where)
     losses = _axis(axes, "losses", registry.LOSSES, where)
+    for loss in losses:  # built once here, so that a bad argument is reported with its line
+        try:
+            registry.create_loss(loss.name, **loss.kwargs)
+        except UserError as err:
+            raise where.error(str(err), loss.name, key="axes.losses") from None
     maskers = _axis(axes, "maskers", registry.MASKERS, where)
     fractions = _fractions(axes, where)
     seeds = _seeds(axes, where)
@@ -334,6 +339,11 @@ def _axis(axes: dict, key: str, reg: registry.Registry, where: _Locator) -> list
     if not isinstance(specs, list) or not specs:
         raise where.error(f"[axes] {key} must be a non-empty list", key, "axes")
     components = [_component(spec, key[:-1], reg, where, key=f"axes.{key}") for spec in specs]
+    if key == "losses":
+        for loss in components:
+            if "weight" in loss.kwargs:  # the harness passes [recipe] class_weights as the loss's `weight`
+                raise where.error(f"loss {loss.name!r}: class weights go in [recipe] class_weights, not in the "
+                                  "loss's table", "weight", key="axes.losses")
     labels = [c.label for c in components]
     for label in labels:
         if labels.count(label) > 1:

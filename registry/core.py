@@ -4,12 +4,21 @@ Built-in entries register themselves with a decorator when :mod:`registry` is im
 announced through an entry-point group (``partialseg.archs`` ...): their names are listed without importing them, and
 an entry is imported only when it is first asked for; a plugin that fails to import becomes a warning, never a crash.
 A name can be registered once: in a benchmark a silent overwrite would put one model's numbers under another's name.
+
+A **name family** is every name that starts with a prefix, built by one builder: ``@ARCHS.register_prefix("tu-",
+known=timm_names, listed=[...])`` on ``def builder(rest, num_classes, ...)`` makes ``"tu-resnet34"`` the entry
+``functools.partial(builder, "resnet34")``, so its signature (what ``create`` and the grid check keyword arguments
+against) is the builder's without its first argument. ``known()`` lists the accepted rests: any other is an unknown
+name, answered with the close matches among them. ``list()`` shows only the family's ``listed`` names (a few
+representatives, which the contract tests then cover); ``entry``, ``create`` and ``in`` take any accepted name. A
+prefix owns its names: a fixed name, a plugin or another prefix that would overlap it is refused.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -48,6 +57,21 @@ class Entry:
     test_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Family:
+    """Every name ``prefix + rest`` for which ``known()`` lists ``rest`` (any rest when ``known`` is None), built by
+    ``builder(rest, ...)``; ``listed`` are the full names that ``Registry.list`` shows; ``what`` says in messages
+    what a rest is ("a timm model name")."""
+
+    prefix: str
+    builder: Callable[..., Any]
+    known: Callable[[], Iterable[str]] | None = None
+    listed: tuple[str, ...] = ()
+    what: str = ""
+    source: str = "built-in"
+    test_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 def natural_key(name: str) -> list:
     """Sort key that puts ``resnet18`` before ``resnet101``."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
@@ -79,6 +103,8 @@ class Registry:
         self.__doc__ = contract
         self._check = check
         self._entries: dict[str, Entry] = {}
+        self._families: dict[str, Family] = {}  # by prefix
+        self._family_entries: dict[str, Entry] = {}  # names of families already resolved
         self._plugins: dict[str, importlib.metadata.EntryPoint] | None = None  # found, not yet imported
 
     # -- registration -------------------------------------------------------------------------------------------
@@ -95,7 +121,38 @@ class Registry:
                 raise DuplicateNameError(
                     f"{self.kind} {entry_name!r} is already registered (by {taken.source}); choose another name"
                 )
+            family = self._family_of(entry_name)
+            if family is not None:
+                raise DuplicateNameError(f"{self.kind} names starting with {family.prefix!r} belong to a name family "
+                                         f"(by {family.source}); choose another name")
             self._entries[entry_name] = Entry(entry_name, builder, source, dict(test_kwargs or {}))
+            return builder
+
+        return decorate
+
+    def register_prefix(self, prefix: str, *, known: Callable[[], Iterable[str]] | None = None,
+                        listed: Iterable[str] = (), what: str = "", test_kwargs: dict[str, Any] | None = None,
+                        source: str = "built-in"):
+        """Decorator: ``@REG.register_prefix("tu-", known=..., listed=["tu-resnet18"])`` on ``builder(rest, ...)``
+        registers the name family ``prefix + rest`` (see the module docstring). ``test_kwargs`` apply to every name
+        of the family. The prefix must not overlap a registered name or another prefix."""
+
+        def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
+            if not _NAME.match(prefix):
+                raise UserError(f"invalid {self.kind} prefix {prefix!r}: use letters, digits and _ . + -")
+            for other in self._families.values():
+                if prefix.startswith(other.prefix) or other.prefix.startswith(prefix):
+                    raise DuplicateNameError(f"{self.kind} prefix {prefix!r} overlaps {other.prefix!r} "
+                                             f"(by {other.source}); choose another prefix")
+            taken = [name for name in self._entries if name.startswith(prefix)]
+            if taken:
+                raise DuplicateNameError(f"{self.kind} prefix {prefix!r} would take the registered name "
+                                         f"{taken[0]!r}; choose another prefix")
+            names = tuple(listed)
+            strays = [name for name in names if not name.startswith(prefix)]
+            if strays:
+                raise UserError(f"listed {self.kind} {strays[0]!r} does not start with {prefix!r}")
+            self._families[prefix] = Family(prefix, builder, known, names, what, source, dict(test_kwargs or {}))
             return builder
 
         return decorate
@@ -104,6 +161,9 @@ class Registry:
 
     def entry(self, name: str) -> Entry:
         """The entry called ``name``, importing its plugin if needed; unknown names get the close matches."""
+        family = self._family_of(name)
+        if family is not None:
+            return self._family_entry(family, name)
         if name not in self._entries and name in self._discover():
             self._load_plugin(name)
         if name in self._entries:
@@ -130,14 +190,25 @@ class Registry:
         return built
 
     def names(self) -> list[str]:
-        return sorted(set(self._entries) | set(self._discover()), key=natural_key)
+        """The registered names, the plugins' and the families' listed names (not every name of a family)."""
+        listed = {name for family in self._families.values() for name in family.listed}
+        return sorted(set(self._entries) | set(self._discover()) | listed, key=natural_key)
 
     def list(self, include: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
         """Names matching any shell-style pattern in ``include`` and none in ``exclude``, in natural order."""
         return filter_names(self.names(), include, exclude)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in self._entries or name in self._discover())
+        if not isinstance(name, str):
+            return False
+        family = self._family_of(name)
+        if family is None:
+            return name in self._entries or name in self._discover()
+        try:
+            self._family_entry(family, name)
+        except UnknownNameError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -146,7 +217,32 @@ class Registry:
         return len(self.names())
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind}: {', '.join(self.names())})"
+        families = [f"{prefix}*" for prefix in self._families]
+        return f"Registry({self.kind}: {', '.join(self.names() + families)})"
+
+    # -- name families ------------------------------------------------------------------------------------------
+
+    def _family_of(self, name: str) -> Family | None:
+        return next((family for prefix, family in self._families.items() if name.startswith(prefix)), None)
+
+    def _family_entry(self, family: Family, name: str) -> Entry:
+        """The entry of ``name`` in ``family``, made on first use; a rest that ``known()`` lacks is an unknown name."""
+        if name in self._family_entries:
+            return self._family_entries[name]
+        rest = name[len(family.prefix):]
+        if family.known is not None:
+            known = list(family.known())
+            if rest not in set(known):
+                close = difflib.get_close_matches(rest, known, n=3, cutoff=0.5)
+                what = f"{family.prefix!r} takes {family.what}" if family.what else ""
+                hint = (f"did you mean {', '.join(repr(family.prefix + c) for c in close)}?" if close
+                        else what or f"no {family.prefix}* name is close")
+                if close and what:
+                    hint += f" ({what})"
+                raise UnknownNameError(f"unknown {self.kind} {name!r}; {hint}")
+        entry = Entry(name, functools.partial(family.builder, rest), family.source, dict(family.test_kwargs))
+        self._family_entries[name] = entry
+        return entry
 
     # -- plugins ------------------------------------------------------------------------------------------------
 
@@ -155,7 +251,7 @@ class Registry:
         if self._plugins is None:
             self._plugins = {}
             for point in importlib.metadata.entry_points(group=self.group):
-                if point.name in self._entries or point.name in self._plugins:
+                if point.name in self._entries or point.name in self._plugins or self._family_of(point.name):
                     warnings.warn(
                         f"{self.group} plugin {point.name!r} ({point.value}) ignored: that name is taken",
                         stacklevel=2,
@@ -168,7 +264,7 @@ class Registry:
         point = self._discover().pop(name)
         try:
             loaded = point.load()
-        except Exception as err:  # a broken plugin must not take the harness down with it
+        except Exception as err:  # noqa: BLE001  (a broken plugin must not take the harness down with it)
             warnings.warn(f"{self.group} plugin {name!r} ({point.value}) failed to load: {err}", stacklevel=3)
             return
         if name in self._entries:  # the plugin's module registered itself with the decorator on import
@@ -198,5 +294,5 @@ def import_plugin_module(spec: str) -> None:
             importlib.import_module(spec)
     except UserError:
         raise
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  (whatever the module raises on import is the user's to fix)
         raise UserError(f"cannot import plugin {spec!r}: {type(err).__name__}: {err}") from None

@@ -114,6 +114,9 @@ def line_of_error(text: str) -> str:
     ('"unetplusplus"]', '"unetplusplus", "unet"]', "two archs are labelled 'unet'"),
     ("seeds = [0, 1]", "seeds = [-1]", "seeds must be a non-empty list of non-negative integers"),
     ("epochs = 2", "epochs = [2", "not valid TOML"),
+    ('losses = ["partial_ce"]', 'losses = [{ name = "partial_ce", normalize = "mean" }]', "line 11: "),
+    ('losses = ["partial_ce"]', 'losses = [{ name = "partial_ce", weight = [1, 2] }]',
+     "line 11: loss 'partial_ce': class weights go in [recipe] class_weights"),
 ])
 def test_mistakes_are_reported_with_their_line(old, new, expected):
     assert old in BASE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import sys
 import warnings
 
@@ -135,9 +136,8 @@ def test_broken_plugin_becomes_a_warning(reg, monkeypatch):
         importlib.metadata.EntryPoint("broken", "module_that_does_not_exist_anywhere:build", "partialseg-test.widgets"),
     ])
     assert "broken" in reg.list()
-    with pytest.warns(UserWarning, match="plugin 'broken'.*failed to load"):
-        with pytest.raises(UnknownNameError):
-            reg.entry("broken")
+    with pytest.warns(UserWarning, match="plugin 'broken'.*failed to load"), pytest.raises(UnknownNameError):
+        reg.entry("broken")
     assert reg.create("resnet2") == {}  # the registry still works
 
 
@@ -209,3 +209,73 @@ def test_no_warning_when_registries_are_listed():
         warnings.simplefilter("error")
         for reg_ in (registry.ARCHS, registry.LOSSES, registry.MASKERS, registry.DATASETS):
             reg_.list()
+
+
+# -- name families (register_prefix) -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fam(reg) -> Registry:
+    """``reg`` with the family ``hub-<model>`` over three known models, two of them listed."""
+
+    @reg.register_prefix("hub-", known=lambda: ["alpha", "alphabet", "beta"], listed=["hub-alpha", "hub-beta"],
+                         what="a hub model name", test_kwargs={"scale": 1})
+    def hub(model: str, scale: int = 2, bias: float | None = None):
+        return {"model": model, "scale": scale, "bias": bias}
+
+    return reg
+
+
+def test_family_name_resolves_through_the_prefix_builder(fam):
+    assert fam.create("hub-alphabet", scale=3) == {"model": "alphabet", "scale": 3, "bias": None}
+    assert fam.create("hub-beta", bias=None) == {"model": "beta", "scale": 2, "bias": None}  # None dropped
+    entry = fam.entry("hub-alphabet")
+    assert entry.name == "hub-alphabet" and entry.test_kwargs == {"scale": 1}
+    assert fam.entry("hub-alphabet") is entry  # made once
+    # The entry's signature is the builder's without its first argument: what the grid binds keyword arguments to.
+    assert list(inspect.signature(entry.builder).parameters) == ["scale", "bias"]
+    with pytest.raises(TypeError):
+        inspect.signature(entry.builder).bind_partial(model="beta")
+
+
+def test_family_lists_only_its_listed_names_but_contains_every_known_one(fam):
+    assert fam.list() == ["hub-alpha", "hub-beta", "resnet2", "resnet18", "resnet101", "vit_tiny"]
+    assert fam.list("hub-*") == ["hub-alpha", "hub-beta"]
+    assert "hub-alphabet" in fam and "hub-alpha" in fam
+    assert "hub-gamma" not in fam and "hub-" not in fam
+    assert "hub-*" in repr(fam)
+
+
+def test_family_unknown_name_gets_close_matches_from_the_known_list(fam):
+    with pytest.raises(UnknownNameError, match=r"unknown widget 'hub-alphabat'; did you mean 'hub-alphabet'.*"
+                                               r"\('hub-' takes a hub model name\)"):
+        fam.entry("hub-alphabat")
+    with pytest.raises(UnknownNameError, match=r"unknown widget 'hub-zzz'; 'hub-' takes a hub model name$"):
+        fam.create("hub-zzz")
+    with pytest.raises(UserError, match="widget 'hub-beta'.*depth"):
+        fam.create("hub-beta", depth=3)
+
+
+def test_family_without_known_list_takes_any_rest(reg):
+    reg.register_prefix("any-")(lambda rest: rest.upper())
+    assert reg.create("any-thing") == "THING"
+    assert "any-other" in reg
+
+
+def test_family_owns_its_prefix(fam, monkeypatch):
+    with pytest.raises(DuplicateNameError, match="'hub-'"):
+        fam.register("hub-delta")(lambda: None)
+    with pytest.raises(DuplicateNameError, match="overlaps 'hub-'"):
+        fam.register_prefix("hub-x")(lambda rest: rest)
+    with pytest.raises(DuplicateNameError, match="overlaps 'hub-'"):
+        fam.register_prefix("hu")(lambda rest: rest)
+    with pytest.raises(DuplicateNameError, match="'resnet18'"):
+        fam.register_prefix("resnet1")(lambda rest: rest)
+    with pytest.raises(UserError, match="does not start with"):
+        fam.register_prefix("new-", listed=["old-one"])(lambda rest: rest)
+    fake_entry_points(monkeypatch, [
+        importlib.metadata.EntryPoint("hub-gamma", "os:getcwd", "partialseg-test.widgets"),
+    ])
+    with pytest.warns(UserWarning, match="'hub-gamma'.*ignored: that name is taken"):
+        fam.list()
+    assert "hub-gamma" not in fam

@@ -1,3 +1,9 @@
-"""Built-in maskers: which pixels of a full mask keep their label."""
+"""Built-in maskers: which pixels of a full mask keep their label.
 
-from registry.maskers import pixels  # noqa: F401  (registers the entries)
+- ``pixels``: ``full`` (every label) and ``random_pixels`` (a fraction of i.i.d. pixels);
+- ``points``: ``points_per_image`` (a count of random pixels) and ``points_per_class`` (clicks inside each class);
+- ``strokes``: ``scribbles`` (thin strokes inside regions);
+- ``regions``: ``blocks`` (square windows labelled in full) and ``eroded`` (every label but a band along boundaries).
+"""
+
+from registry.maskers import pixels, points, regions, strokes  # noqa: F401  (registers the entries)
