@@ -47,10 +47,30 @@ def has_test(rows: list[CellRow]) -> bool:
     return any(r.metrics.get("test_miou") is not None for r in rows)
 
 
+def _full_label_key(row: CellRow) -> str:
+    """What a cell shares with its full-label counterpart: everything but the seed, the masker and the fraction."""
+    config = {k: v for k, v in row.config.items() if k not in ("seed", "masker", "fraction")}
+    return json.dumps(config, sort_keys=True)
+
+
+def full_label_shares(group: list[CellRow], rows: list[CellRow]) -> list[float] | None:
+    """Each cell's best mIoU as a share of its full-label counterpart's (the cell with masker ``full`` and everything
+    else equal except the seed): divided seed by seed where that seed ran with full labels, else by their mean. None
+    when the table has no such counterpart."""
+    key = _full_label_key(group[0])
+    reference = {r.config["seed"]: r.metrics["best_miou"] for r in rows
+                 if r.config["masker"]["name"] == "full" and _full_label_key(r) == key}
+    if not reference:
+        return None
+    fallback = statistics.mean(reference.values())
+    return [r.metrics["best_miou"] / reference.get(r.config["seed"], fallback) for r in group]
+
+
 def _table(rows: list[CellRow]) -> str:
     groups: dict[str, list[CellRow]] = defaultdict(list)
     for row in rows:
         groups[_experiment_key(row)].append(row)
+    with_full = any(r.config["masker"]["name"] == "full" for r in rows)
     class_names = rows[0].metrics.get("class_names") or [
         f"class {i}" for i in range(len(rows[0].metrics["final_iou"]))
     ]
@@ -71,6 +91,7 @@ def _table(rows: list[CellRow]) -> str:
             mean_std([100 * x["labelled_fraction"] for x in m], 2),
             ", ".join(str(r.config["seed"]) for r in sorted(group, key=lambda r: r.config["seed"])),
             mean_std([x["best_miou"] for x in m]),
+            *([mean_std([100 * share for share in full_label_shares(group, rows) or []], 1)] if with_full else []),
             mean_std([x["final_miou"] for x in m]),
             mean_std([x.get("best_per_batch_miou") for x in m]),
             mean_std([x["final_per_batch_miou"] for x in m]),
@@ -83,7 +104,8 @@ def _table(rows: list[CellRow]) -> str:
             first["recipe"]["epochs"],
             " / ".join(sorted({r.provenance["device"] for r in group})),
         ])
-    headers = ["#", "architecture", "loss", "masker", "labelled %", "seeds", "best mIoU", "final mIoU",
+    headers = ["#", "architecture", "loss", "masker", "labelled %", "seeds", "best mIoU",
+               *(["% of full-label mIoU"] if with_full else []), "final mIoU",
                "best per-batch mIoU (ref-style)", "final per-batch mIoU (ref-style)", "pixel acc.",
                *(["test mIoU", "test per-batch mIoU (ref-style)"] if test else []),
                *[f"IoU {name}" for name in class_names],

@@ -109,3 +109,27 @@ def test_failed_cells_are_listed_with_their_first_error_line():
 
 def test_empty_store_says_how_to_start():
     assert "run `bench run --grid default`" in render([], store_path="s")
+
+
+def with_masker(cell: CellRow, masker: str, fraction: float) -> CellRow:
+    cell.config["masker"] = {"name": masker, "label": masker, "kwargs": {}}
+    cell.config["fraction"] = fraction
+    return cell
+
+
+def test_share_of_full_label_miou_pairs_seeds_with_their_full_label_cell():
+    rows = [with_masker(row("unet", 0, 0.60), "full", 1.0), with_masker(row("unet", 1, 0.50), "full", 1.0),
+            row("unet", 0, 0.57), row("unet", 1, 0.50),  # random_pixels at 10 %
+            row("unetplusplus", 0, 0.55)]  # no full-label unetplusplus: no share
+    (table,) = parse_tables(render(rows, store_path="s"))
+    by_masker = {(line["architecture"], line["masker"]): line for line in table}
+    shares = [100 * 0.57 / 0.60, 100 * 0.50 / 0.50]
+    expected = f"{statistics.mean(shares):.1f} ± {statistics.stdev(shares):.1f}"
+    assert by_masker["unet", "random_pixels"]["% of full-label mIoU"] == expected
+    assert by_masker["unet", "full"]["% of full-label mIoU"] == "100.0 ± 0.0"
+    assert by_masker["unetplusplus", "random_pixels"]["% of full-label mIoU"] == "–"
+
+
+def test_no_share_column_without_a_full_label_cell():
+    (table,) = parse_tables(render([row("unet", 0, 0.5)], store_path="s"))
+    assert "% of full-label mIoU" not in table[0]
