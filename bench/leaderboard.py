@@ -15,7 +15,10 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from bench.plots import write_plots
 from bench.store import CellRow
+
+PLOTS_FOLDER = "plots"
 
 # The reference experiment (DESIGN.md section 4): LandCover.ai validation split, its per-batch-averaged mIoU,
 # UNet (bilinear, 64 base) and UNet++ trained 12 epochs on an A100 80 GB.
@@ -134,7 +137,10 @@ def _component_arguments(rows: list[CellRow]) -> list[str]:
     return [f"Arguments: {'; '.join(described[k] for k in sorted(described))}.", ""] if described else []
 
 
-def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: str = "") -> str:
+def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: str = "",
+           plots: dict[tuple[str, str], list[tuple[str, str]]] | None = None) -> str:
+    """The leaderboard's Markdown; ``plots`` maps a table's (dataset, grid) to its (alt text, relative path) images,
+    linked under the table."""
     rows = [r for r in rows if r.metrics]
     today = datetime.now(timezone.utc).date().isoformat()
     out = [
@@ -170,6 +176,9 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
             _table(table_rows),
             "",
         ]
+        images = (plots or {}).get((dataset, grid), [])
+        if images:
+            out += [" ".join(f"![{alt}]({link})" for alt, link in images), ""]
     failed = list(failed)
     if failed:
         out += ["## Failed cells", "", "Rerun the grid to retry them.", ""]
@@ -191,7 +200,11 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
 
 
 def write_leaderboard(rows: Iterable[CellRow], failed: Iterable[CellRow], path: Path, store_path: str) -> None:
+    """``path`` and, in a folder ``plots/`` beside it, each table's label-efficiency and training-curves PNGs."""
     path = Path(path)
+    rows = list(rows)
+    written = write_plots(rows, path.parent / PLOTS_FOLDER)
+    links = {table: [(alt, f"{PLOTS_FOLDER}/{name}") for alt, name in images] for table, images in written.items()}
     temporary = path.with_suffix(".md.tmp")
-    temporary.write_text(render(rows, failed, store_path), encoding="utf-8")
+    temporary.write_text(render(rows, failed, store_path, links), encoding="utf-8")
     temporary.replace(path)

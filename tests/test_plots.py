@@ -1,0 +1,139 @@
+"""The leaderboard's plots: the plotted series (means and deviations over seeds, order, full-label levels), and the PNG
+files written and linked by write_leaderboard."""
+
+from __future__ import annotations
+
+import re
+import statistics
+
+import pytest
+from matplotlib.image import imread
+
+from bench.leaderboard import write_leaderboard
+from bench.plots import (
+    curve_series,
+    efficiency_series,
+    full_label_levels,
+    label_efficiency_plot,
+    plot_names,
+    safe_name,
+    training_curves_plot,
+)
+from bench.store import CellRow
+
+
+def row(arch: str, seed: int, best: float, masker: str = "random_pixels", fraction: float = 0.1,
+        measured: float | None = None, grid: str = "g", dataset: str = "synthetic",
+        history: list[float] | None = None) -> CellRow:
+    """A finished cell, as tests/test_leaderboard.py's ``row``, with a masker, a fraction and a history."""
+    config = {
+        "version": 1, "grid": grid, "dataset": {"name": dataset, "label": dataset, "kwargs": {"tile_size": 64}},
+        "arch": {"name": arch, "label": arch, "kwargs": {}},
+        "loss": {"name": "partial_ce", "label": "partial_ce", "kwargs": {}},
+        "masker": {"name": masker, "label": masker, "kwargs": {}},
+        "fraction": fraction, "seed": seed,
+        "recipe": {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "schedule": "cosine", "batch_size": 8,
+                   "augment": [], "epochs": 3},
+    }
+    metrics = {
+        "best_miou": best, "final_miou": best, "best_per_batch_miou": best, "final_per_batch_miou": best,
+        "final_accuracy": 0.9, "final_iou": [0.9, 0.5], "epoch_seconds": 1.0, "train_images_per_second": 10.0,
+        "labelled_fraction": fraction if measured is None else measured, "class_names": ["a", "b"],
+    }
+    history = [{"epoch": i + 1, "miou": m} for i, m in enumerate([best - 0.1, best] if history is None else history)]
+    return CellRow(f"{arch}{seed}{masker}{fraction}{grid}", grid, dataset, f"{arch} seed {seed}", config, "done",
+                   history, metrics, {"device": "CPU test", "date": "2026-11-25T10:00:00+00:00",
+                                      "code_revision": "abc123"}, None, 1, "t", None)
+
+
+def test_efficiency_series_mean_std_over_seeds_sorted_by_fraction():
+    rows = [row("unet", 0, 0.60, fraction=0.15, measured=0.152), row("unet", 1, 0.50, fraction=0.15, measured=0.148),
+            row("unet", 0, 0.40, fraction=0.01), row("unet", 0, 0.45, fraction=0.05),
+            row("unet", 1, 0.47, fraction=0.05), row("unetplusplus", 0, 0.55),
+            row("unet", 0, 0.70, masker="full", fraction=1.0)]
+    series = efficiency_series(rows)
+    assert list(series) == ["unet · partial_ce · random_pixels", "unetplusplus · partial_ce · random_pixels"]
+    unet = series["unet · partial_ce · random_pixels"]
+    assert [x for x, _, _ in unet] == pytest.approx([1.0, 5.0, 15.0])  # sorted; measured fractions in %, averaged
+    assert unet[0][1:] == pytest.approx((0.40, 0.0))  # one seed: no deviation
+    assert unet[1][1:] == pytest.approx((0.46, statistics.stdev([0.45, 0.47])))
+    assert unet[2][1:] == pytest.approx((0.55, statistics.stdev([0.60, 0.50])))
+    assert series["unetplusplus · partial_ce · random_pixels"] == [pytest.approx((10.0, 0.55, 0.0))]
+
+
+def test_full_label_levels_per_architecture_and_loss():
+    rows = [row("unet", 0, 0.70, masker="full", fraction=1.0), row("unet", 1, 0.66, masker="full", fraction=1.0),
+            row("unet", 0, 0.50), row("unetplusplus", 0, 0.55)]
+    levels = full_label_levels(rows)
+    assert list(levels) == ["unet · partial_ce"]  # no full-label unetplusplus: no level
+    assert levels["unet · partial_ce"] == pytest.approx((0.68, statistics.stdev([0.70, 0.66])))
+    assert "full" not in " ".join(efficiency_series(rows))
+
+
+def test_curve_series_one_line_per_cell_sorted_by_epoch():
+    cell = row("unet", 1, 0.5, fraction=0.1, measured=0.1001, history=[0.3, 0.45, 0.5])
+    cell.history.reverse()
+    cell.history.append({"epoch": 4, "miou": None})  # an epoch without a score is left out
+    series = curve_series([cell, row("unet", 0, 0.6, masker="full", fraction=1.0, history=[0.4, 0.6]),
+                           row("unet", 2, 0.6, history=[])])  # no epochs: no line
+    assert series == {
+        "unet · partial_ce · full · 100 % · seed 0": [(1, 0.4), (2, 0.6)],
+        "unet · partial_ce · random_pixels · 10 % · seed 1": [(1, 0.3), (2, 0.45), (3, 0.5)],
+    }
+
+
+def check_png(path):
+    image = imread(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.ndim == 3 and 300 <= image.shape[0] <= 3000 and 400 <= image.shape[1] <= 3000
+    assert image.std() > 0.01  # not blank
+
+
+@pytest.mark.parametrize("rows", [
+    [row("unet", 0, 0.5)],  # a single cell, a single fraction
+    [row("unet", 0, 0.5), row("unet", 1, 0.52), row("unet", 0, 0.6, fraction=0.2),
+     row("unet", 0, 0.62, masker="full", fraction=1.0)],
+    [row("unet", 0, 0.62, masker="full", fraction=1.0)],  # full labels only: a level, no line
+])
+def test_plots_are_png_files(rows, tmp_path):
+    label_efficiency_plot(rows, tmp_path / "efficiency.png")
+    training_curves_plot(rows, tmp_path / "curves.png")
+    for name in ("efficiency.png", "curves.png"):
+        check_png(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "efficiency.png"]  # no temporary left
+
+
+def test_write_leaderboard_writes_and_links_the_plots_of_each_table(tmp_path):
+    rows = [row("unet", 0, 0.5, grid="a"), row("unet", 1, 0.54, grid="a"),
+            row("unet", 0, 0.6, grid="b/c d", dataset="land cover"), row("unet", 0, 0.7, masker="full", fraction=1.0)]
+    board = tmp_path / "board.md"
+    write_leaderboard(rows, [], board, "runs/results.sqlite")
+    text = board.read_text()
+    links = re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", text)
+    assert len(links) == 6  # two per table
+    for alt, link in links:
+        assert alt in ("label efficiency", "training curves")
+        assert link.startswith("plots/") and "/" not in link[len("plots/"):]
+        check_png(tmp_path / link)
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {link[len("plots/"):] for _, link in links}
+    # each table links its own plots, right under it
+    section = text[text.index("## land cover · grid `b/c d`"):]
+    section = section[:section.index("\n## ")]
+    names = plot_names("land cover", "b/c d")
+    assert f"](plots/{names['label efficiency']})" in section and f"](plots/{names['training curves']})" in section
+    assert names["label efficiency"] == "land_cover-b_c_d-label-efficiency.png"
+
+
+def test_rewriting_gives_identical_files(tmp_path):
+    rows = [row("unet", 0, 0.5), row("unet", 0, 0.6, fraction=0.2)]
+    write_leaderboard(rows, [], tmp_path / "board.md", "s")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "plots").iterdir()}
+    write_leaderboard(rows, [], tmp_path / "board.md", "s")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "plots").iterdir()} == before
+    assert b"matplotlib" not in b"".join(before.values())  # no software/version metadata
+
+
+def test_safe_name():
+    assert safe_name("landcoverai") == "landcoverai"
+    assert safe_name("../a b/c") == "a_b_c"
+    assert safe_name("..") == "table"
