@@ -27,6 +27,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_PERF_ARCHS = ("unet:base_channels=64,upsampling=bilinear", "unetplusplus:base_channels=64")
 REGISTRIES = {"archs": registry.ARCHS, "losses": registry.LOSSES, "maskers": registry.MASKERS,
+              "regularizers": registry.REGULARIZERS,
               "datasets": registry.DATASETS}
 
 

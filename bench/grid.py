@@ -5,6 +5,12 @@ cell needs to be rerun is in its ``config``; the hash of that config is the cell
 The dataset's location (``root``, ``cache_dir``) says where the data is, not what it is: it is passed to the dataset's
 builder but kept out of the config, so moving the data does not orphan finished results.
 
+A loss on the losses axis may carry regularisers, terms on the unlabelled pixels from ``registry.REGULARIZERS``: an
+expression ``"partial_ce + 0.1 * entropy + gated_crf"`` (one loss, then ``+ weight * name`` terms; no weight means 1)
+or a table ``{ name = "partial_ce", label = "...", regularizers = [{ name = "entropy", weight = 0.1, rampup = 0.2 }] }``.
+They are part of the loss's config (``loss.regularizers``, a list of ``{name, weight, kwargs}``), hence of the cell's
+identity; the label defaults to the expression.
+
 Overrides from the command line (``--set recipe.lr=1e-4``) are applied to the parsed file before it is checked. Every
 mistake is reported before anything runs, with the file and line where it stands, or the ``--set`` it came from.
 """
@@ -62,14 +68,21 @@ _BARE_WORD = re.compile(r"^[^\s\[\]{}\"'=#,]+$")  # taken as a string when it is
 
 @dataclass(frozen=True)
 class Component:
-    """One registry entry on an axis: its name, the keyword arguments it is built with, and its label in tables."""
+    """One registry entry on an axis: its name, the keyword arguments it is built with, and its label in tables.
+
+    A loss may carry ``regularizers``: ``{"name", "weight", "kwargs"}`` dicts, added to it in training. They are in
+    the config only when there are some, so the identities of plain cells do not change."""
 
     name: str
     label: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    regularizers: tuple[dict[str, Any], ...] = ()
 
     def as_config(self) -> dict[str, Any]:
-        return {"name": self.name, "label": self.label, "kwargs": self.kwargs}
+        config = {"name": self.name, "label": self.label, "kwargs": self.kwargs}
+        if self.regularizers:
+            config["regularizers"] = [dict(r) for r in self.regularizers]
+        return config
 
 
 @dataclass(frozen=True)
@@ -338,7 +351,10 @@ def _axis(axes: dict, key: str, reg: registry.Registry, where: _Locator) -> list
     specs = axes.get(key)
     if not isinstance(specs, list) or not specs:
         raise where.error(f"[axes] {key} must be a non-empty list", key, "axes")
-    components = [_component(spec, key[:-1], reg, where, key=f"axes.{key}") for spec in specs]
+    if key == "losses":
+        components = [_loss(spec, where) for spec in specs]
+    else:
+        components = [_component(spec, key[:-1], reg, where, key=f"axes.{key}") for spec in specs]
     if key == "losses":
         for loss in components:
             if "weight" in loss.kwargs:  # the harness passes [recipe] class_weights as the loss's `weight`
@@ -349,6 +365,85 @@ def _axis(axes: dict, key: str, reg: registry.Registry, where: _Locator) -> list
         if labels.count(label) > 1:
             raise where.error(f"two {key} are labelled {label!r}; give them distinct 'label's", key, "axes")
     return components
+
+
+_TERM = re.compile(r"^(?:(?P<weight>[^*]+?)\s*\*\s*)?(?P<name>[A-Za-z_][\w.:-]*)$")
+
+
+def _expression_label(base: str, regularizers: Sequence[dict[str, Any]]) -> str:
+    terms = [base] + [r["name"] if r["weight"] == 1 else f"{r['weight']:g} * {r['name']}" for r in regularizers]
+    return " + ".join(terms)
+
+
+def _regularizer(name: Any, weight: Any, kwargs: dict[str, Any], where: _Locator, needle: str) -> dict[str, Any]:
+    """One regulariser term, checked: a known name (else the close matches), a positive finite weight, keyword
+    arguments its builder takes (it is built once here, so a bad value is reported with its line)."""
+    if not isinstance(name, str):
+        raise where.error(f"a regularizer must be a name or a table with a 'name' key, not {name!r}", needle,
+                          key="axes.losses")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+        raise where.error(f"regularizer {name!r}: weight must be a positive finite number, not {weight!r}", needle,
+                          key="axes.losses")
+    try:
+        registry.REGULARIZERS.entry(name)
+    except registry.UnknownNameError as err:
+        raise where.error(str(err), needle, key="axes.losses") from None
+    try:
+        registry.create_regularizer(name, **kwargs)
+    except (UserError, TypeError) as err:
+        raise where.error(f"regularizer {name!r}: {err}", needle, key="axes.losses") from None
+    return {"name": name, "weight": float(weight), "kwargs": dict(kwargs)}
+
+
+def _loss(spec: Any, where: _Locator) -> Component:
+    """A losses-axis entry: a loss as for any axis, an expression ``"partial_ce + 0.1 * entropy"``, or a table with
+    a ``regularizers`` list."""
+    regularizers: list[dict[str, Any]] = []
+    label = None
+    if isinstance(spec, str) and any(ch in spec for ch in "+*-"):
+        terms = [t.strip() for t in spec.split("+")]
+        if any(not t for t in terms):
+            raise where.error(f"loss {spec!r}: expected 'loss + weight * regularizer + ...'", spec, key="axes.losses")
+        base = terms[0]
+        if not _TERM.match(base) or "*" in base:
+            raise where.error(f"loss {spec!r}: expected a loss name first, then '+ weight * regularizer' terms "
+                              "(weights are positive: no '-')", spec, key="axes.losses")
+        for term in terms[1:]:
+            match = _TERM.match(term)
+            if not match:
+                raise where.error(f"loss {spec!r}: {term!r} is not 'weight * regularizer'", spec, key="axes.losses")
+            text = match["weight"]
+            try:
+                weight = 1.0 if text is None else float(text)
+            except ValueError:
+                weight = text
+            regularizers.append(_regularizer(match["name"], weight, {}, where, spec))
+        try:
+            registry.LOSSES.entry(base)
+        except registry.UnknownNameError as err:
+            raise where.error(str(err), spec, key="axes.losses") from None
+        spec = base
+    elif isinstance(spec, dict) and "regularizers" in spec:
+        listed = spec["regularizers"]
+        spec = {k: v for k, v in spec.items() if k != "regularizers"}
+        if not isinstance(listed, list):
+            raise where.error(f"regularizers must be a list of tables, not {listed!r}", "regularizers",
+                              key="axes.losses")
+        for entry in listed:
+            if isinstance(entry, str):
+                entry = {"name": entry}
+            if not isinstance(entry, dict):
+                raise where.error(f"a regularizer must be a name or a table, not {entry!r}", "regularizers",
+                                  key="axes.losses")
+            kwargs = {k: v for k, v in entry.items() if k not in ("name", "weight")}
+            regularizers.append(_regularizer(entry.get("name"), entry.get("weight", 1.0), kwargs, where,
+                                             "regularizers"))
+        label = spec.get("label")
+    loss = _component(spec, "loss", registry.LOSSES, where, key="axes.losses")
+    if not regularizers:
+        return loss
+    label = str(label) if label is not None else _expression_label(loss.name, regularizers)
+    return Component(loss.name, label, loss.kwargs, tuple(regularizers))
 
 
 def _fractions(axes: dict, where: _Locator) -> list[float]:

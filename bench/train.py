@@ -111,6 +111,20 @@ def supervised_loss(loss_fn, outputs, target: torch.Tensor) -> torch.Tensor:
     return loss_fn(outputs, target)
 
 
+def build_regularizers(cell: Cell) -> list[tuple[str, float, Any]]:
+    """The loss's regularisers as ``(name, weight, reg)``, built once per cell."""
+    return [(r["name"], r["weight"], registry.create_regularizer(r["name"], **r["kwargs"]))
+            for r in cell.loss.regularizers]
+
+
+def regularizer_terms(regularizers, outputs, target: torch.Tensor, images: torch.Tensor,
+                      progress: float) -> list[torch.Tensor]:
+    """Each regulariser's value (unweighted) on the main output: for deep supervision (a list of logits) the last one,
+    the output the model gives in eval mode."""
+    logits = outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
+    return [reg(logits, target, images, progress) for _, _, reg in regularizers]
+
+
 def evaluate(model, images: np.ndarray, masks: np.ndarray, num_classes: int, normalize: Normalizer,
              batch_size: int, precision: Precision) -> dict[str, Any]:
     """One pass over an evaluation split (the validation or the test tiles): a dataset-level confusion matrix, and the
@@ -161,6 +175,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     # Checkpoints hold the plain module's weights; the compiled one (if any) only runs the steps.
     forward = torch.compile(model) if recipe["compile"] else model
     loss_fn = registry.create_loss(cell.loss.name, **cell.loss.kwargs, weight=recipe["class_weights"])
+    regularizers = build_regularizers(cell)
     precision = choose_precision(device, recipe["amp"])
     normalize = Normalizer(data.mean, data.std, device)
     batches, data_path = training_batches(cell, data, normalize)
@@ -168,6 +183,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     optimizer = build_optimizer(model, recipe, device)
     schedule = build_schedule(optimizer, recipe, len(batches))
     eval_batch_size = recipe["eval_batch_size"] or 2 * recipe["batch_size"]
+    total_steps = max(1, recipe["epochs"] * len(batches))
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
@@ -189,10 +205,17 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     for epoch in range(start_epoch, recipe["epochs"]):
         model.train()
         loss_sum = torch.zeros((), device=device)
+        reg_sums = torch.zeros(len(regularizers), device=device)
         started = clock(device)
         for step, (images, target) in enumerate(batches.epoch(epoch)):
             with precision.autocast():
-                loss = supervised_loss(loss_fn, forward(images), target)
+                outputs = forward(images)
+                loss = supervised_loss(loss_fn, outputs, target)
+                if regularizers:
+                    progress = (epoch * len(batches) + step) / total_steps
+                    terms = regularizer_terms(regularizers, outputs, target, images, progress)
+                    loss = loss + sum(w * term for (_, w, _), term in zip(regularizers, terms))
+                    reg_sums += torch.stack([term.detach().float() for term in terms])
             optimizer.zero_grad(set_to_none=True)
             if precision.scaler is not None:
                 precision.scaler.scale(loss).backward()
@@ -220,6 +243,9 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
             "confusion_matrix": result["confusion_matrix"], "lr": schedule.get_last_lr()[0],
             "train_seconds": train_seconds, "eval_seconds": eval_seconds, "resumed": epoch == start_epoch > 0,
         })
+        if regularizers:  # the mean unweighted value of each regulariser over the epoch
+            history[-1]["regularizers"] = {name: float(value) / len(batches)
+                                           for (name, _, _), value in zip(regularizers, reg_sums.cpu())}
         if result["miou"] >= max((h["miou"] for h in history), default=-1.0):
             save_atomically({"cell_id": cell.cell_id, "config": cell.config, "epoch": epoch + 1,
                              "miou": result["miou"], "model": model.state_dict()}, best_path)

@@ -2,8 +2,8 @@
 
 Each registry's docstring (``help(registry.ARCHS)``) is the contract its entries keep; the tests check every
 registered entry against it. Register your own entry with a decorator in a module passed to ``bench run --plugin``, or
-from your package through the entry-point groups ``partialseg.archs``, ``partialseg.losses``, ``partialseg.maskers``
-and ``partialseg.datasets`` (an entry point names a builder, or a module that registers with the decorators).
+from your package through the entry-point groups ``partialseg.archs``, ``partialseg.losses``, ``partialseg.maskers``,
+``partialseg.regularizers`` and ``partialseg.datasets`` (an entry point names a builder, or a module that registers with the decorators).
 """
 
 from __future__ import annotations
@@ -30,6 +30,19 @@ An entry is a builder ``(**kw) -> loss`` where ``loss(logits[N, C, H, W], target
 - averages over labelled pixels only: a pixel labelled ``-1`` has no influence on the value or the gradient;
 - returns a zero that still carries the graph (never NaN) when no pixel of the batch is labelled.
 A builder that takes class weights names the argument ``weight``.
+"""
+
+REGULARIZER_CONTRACT = """Regularisers: terms that use the unlabelled pixels, added to a loss with a weight.
+
+An entry is a builder ``(**kw) -> reg`` where
+``reg(logits[N, C, H, W], target[N, H, W], images[N, 3, H, W], progress) -> scalar tensor``. ``target`` is int64 with
+``-1`` for unlabelled pixels; ``images`` are the normalised input batch; ``progress`` is the share of training steps
+done, in [0, 1] (for ramp-ups). The regulariser:
+- returns a finite scalar that carries the graph of ``logits``;
+- is 0-safe: never NaN when no pixel is unlabelled (nor when every pixel is);
+- is deterministic: the same inputs give the same value.
+It computes in float32 whatever the autocast. Bad arguments raise :class:`UserError` when it is built. In a grid it is
+written after a loss: ``"partial_ce + 0.1 * entropy"``.
 """
 
 MASKER_CONTRACT = """Maskers: which pixels keep their label.
@@ -91,16 +104,20 @@ def _check_dataset(name: str, dataset: Any) -> None:
 
 ARCHS = Registry("architecture", "partialseg.archs", ARCH_CONTRACT, _check_arch)
 LOSSES = Registry("loss", "partialseg.losses", LOSS_CONTRACT, _check_callable("loss"))
+REGULARIZERS = Registry("regularizer", "partialseg.regularizers", REGULARIZER_CONTRACT,
+                        _check_callable("regularizer"))
 MASKERS = Registry("masker", "partialseg.maskers", MASKER_CONTRACT, _check_masker)
 DATASETS = Registry("dataset", "partialseg.datasets", DATASET_CONTRACT, _check_dataset)
 
 register_arch = ARCHS.register
 register_loss = LOSSES.register
 register_masker = MASKERS.register
+register_regularizer = REGULARIZERS.register
 register_dataset = DATASETS.register
 list_archs = ARCHS.list
 list_losses = LOSSES.list
 list_maskers = MASKERS.list
+list_regularizers = REGULARIZERS.list
 list_datasets = DATASETS.list
 
 
@@ -116,16 +133,20 @@ def create_masker(name: str, **kwargs: Any):
     return MASKERS.create(name, **kwargs)
 
 
+def create_regularizer(name: str, **kwargs: Any):
+    return REGULARIZERS.create(name, **kwargs)
+
+
 def create_dataset(name: str, **kwargs: Any):
     return DATASETS.create(name, **kwargs)
 
 
 # Importing the built-in entries registers them; they import the names above, so this comes last.
-from registry import archs, datasets, losses, maskers  # noqa: E402,F401
+from registry import archs, datasets, losses, maskers, regularizers  # noqa: E402,F401
 
 __all__ = [
-    "ARCHS", "DATASETS", "LOSSES", "MASKERS", "DuplicateNameError", "Registry", "UnknownNameError", "UserError",
-    "create_arch", "create_dataset", "create_loss", "create_masker", "import_plugin_module",
-    "list_archs", "list_datasets", "list_losses", "list_maskers",
-    "register_arch", "register_dataset", "register_loss", "register_masker",
+    "ARCHS", "DATASETS", "LOSSES", "MASKERS", "REGULARIZERS", "DuplicateNameError", "Registry", "UnknownNameError", "UserError",
+    "create_arch", "create_dataset", "create_loss", "create_masker", "create_regularizer", "import_plugin_module",
+    "list_archs", "list_datasets", "list_losses", "list_maskers", "list_regularizers",
+    "register_arch", "register_dataset", "register_loss", "register_masker", "register_regularizer",
 ]

@@ -197,7 +197,8 @@ def test_public_api_is_importable_from_registry():
     assert "synthetic" in registry.list_datasets()
 
 
-@pytest.mark.parametrize("reg_", [registry.ARCHS, registry.LOSSES, registry.MASKERS, registry.DATASETS],
+@pytest.mark.parametrize("reg_", [registry.ARCHS, registry.LOSSES, registry.MASKERS,
+                                 registry.REGULARIZERS, registry.DATASETS],
                          ids=lambda r: r.kind)
 def test_every_registry_documents_its_contract(reg_):
     assert reg_.__doc__ and len(reg_.__doc__) > 100
@@ -207,7 +208,7 @@ def test_every_registry_documents_its_contract(reg_):
 def test_no_warning_when_registries_are_listed():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for reg_ in (registry.ARCHS, registry.LOSSES, registry.MASKERS, registry.DATASETS):
+        for reg_ in (registry.ARCHS, registry.LOSSES, registry.MASKERS, registry.REGULARIZERS, registry.DATASETS):
             reg_.list()
 
 
