@@ -6,11 +6,8 @@ Only this module writes the results store during a run, and only one run may use
 
 from __future__ import annotations
 
-import fcntl
 import json
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from bench.provenance import provenance
 from bench.store import ResultStore
 from bench.train import CellData, train_cell
 from registry.errors import UserError
+from registry.locks import folder_lock
 
 STORE_NAME = "results.sqlite"
 
@@ -57,16 +55,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@contextmanager
-def exclusive(out_dir: Path) -> Iterator[None]:
+def exclusive(out_dir: Path):
     """Hold the output folder's lock: two runs writing one store would each believe they own its unfinished cells."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another bench run is using {out_dir}; wait for it or pass another --out") from None
-        yield
+    return folder_lock(out_dir, f"another bench run is using {out_dir}; wait for it or pass another --out")
 
 
 class GridData:

@@ -11,13 +11,10 @@ missing or whose source files changed since.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from registry.errors import UserError
+from registry.locks import folder_lock
 
 FORMAT = 1  # bump when the files' layout changes: an older cache is then rebuilt, never misread
 MANIFEST, PROGRESS = "manifest.json", "progress.json"
@@ -80,17 +78,6 @@ def _array_path(folder: Path, split: str, kind: str) -> Path:
     return folder / f"{split}-{kind}.npy"
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{folder}: another process is preparing this cache; wait for it") from None
-        yield
-
-
 class TileCacheWriter:
     """Fills the cache in ``folder`` for ``plan``; use as a context manager. See the module docstring."""
 
@@ -98,7 +85,7 @@ class TileCacheWriter:
         self.folder = Path(folder)
         self.plan = plan
         self._files: dict[tuple[str, str], tuple[int, int]] = {}  # (split, kind) -> (fd, data offset)
-        self._lock = _locked(self.folder)
+        self._lock = folder_lock(self.folder, f"{self.folder}: another process is preparing this cache; wait for it")
 
     def __enter__(self) -> TileCacheWriter:
         self._lock.__enter__()
