@@ -117,12 +117,13 @@ def build_regularizers(cell: Cell) -> list[tuple[str, float, Any]]:
             for r in cell.loss.regularizers]
 
 
-def regularizer_terms(regularizers, outputs, target: torch.Tensor, images: torch.Tensor,
-                      progress: float) -> list[torch.Tensor]:
+def regularizer_terms(regularizers, outputs, target: torch.Tensor, images: torch.Tensor, progress: float,
+                      forward) -> list[torch.Tensor]:
     """Each regulariser's value (unweighted) on the main output: for deep supervision (a list of logits) the last one,
-    the output the model gives in eval mode."""
+    the output the model gives in eval mode. Those that run the model again get ``forward``, the model as it trains."""
     logits = outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
-    return [reg(logits, target, images, progress) for _, _, reg in regularizers]
+    return [reg(logits, target, images, progress, model=forward) if getattr(reg, "uses_model", False)
+            else reg(logits, target, images, progress) for _, _, reg in regularizers]
 
 
 def evaluate(model, images: np.ndarray, masks: np.ndarray, num_classes: int, normalize: Normalizer,
@@ -213,7 +214,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
                 loss = supervised_loss(loss_fn, outputs, target)
                 if regularizers:
                     progress = (epoch * len(batches) + step) / total_steps
-                    terms = regularizer_terms(regularizers, outputs, target, images, progress)
+                    terms = regularizer_terms(regularizers, outputs, target, images, progress, forward)
                     loss = loss + sum(w * term for (_, w, _), term in zip(regularizers, terms))
                     reg_sums += torch.stack([term.detach().float() for term in terms])
             optimizer.zero_grad(set_to_none=True)

@@ -41,6 +41,8 @@ done, in [0, 1] (for ramp-ups). The regulariser:
 - returns a finite scalar that carries the graph of ``logits``;
 - is 0-safe: never NaN when no pixel is unlabelled (nor when every pixel is);
 - is deterministic: the same inputs give the same value.
+A regulariser that runs the model again (on a transformed batch, say) sets ``uses_model = True`` and is then called
+with ``model=``, the training forward function (``images -> logits``, or a list of logits with deep supervision).
 It computes in float32 whatever the autocast. Bad arguments raise :class:`UserError` when it is built. In a grid it is
 written after a loss: ``"partial_ce + 0.1 * entropy"``.
 """

@@ -33,41 +33,51 @@ def reg(request):
     return registry.create_regularizer(request.param, **registry.REGULARIZERS.entry(request.param).test_kwargs)
 
 
+def small_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Conv2d(3, NUM_CLASSES, 3, padding=1)
+
+
+def apply(reg, logits, target, images, progress, model):
+    """Call ``reg`` as the trainer does: with the model when it asks for it."""
+    if getattr(reg, "uses_model", False):
+        return reg(logits, target, images, progress, model=model)
+    return reg(logits, target, images, progress)
+
+
 # -- contract ---------------------------------------------------------------------------------------------------------
 
 
-def test_contract_scalar_finite_with_graph(reg):
-    logits, target, images = batch()
-    logits.requires_grad_()
-    value = reg(logits, target, images, 0.5)
+@pytest.mark.parametrize("fraction", [0.3, 0.0, 1.01])
+def test_contract_finite_scalar_with_graph_never_nan(reg, fraction):
+    """Some, none or all pixels labelled: a finite scalar whose gradient reaches the model's weights, finite."""
+    _, target, images = batch(labelled_fraction=fraction)
+    model = small_model()
+    value = apply(reg, model(images), target, images, 0.5 if fraction == 0.3 else 1.0, model)
     assert value.ndim == 0 and torch.isfinite(value) and value.requires_grad
     value.backward()
-    assert torch.isfinite(logits.grad).all()
-
-
-@pytest.mark.parametrize("fraction", [0.0, 1.01])
-def test_contract_no_nan_with_none_or_all_labelled(reg, fraction):
-    logits, target, images = batch(labelled_fraction=fraction)
-    logits.requires_grad_()
-    value = reg(logits, target, images, 1.0)
-    assert torch.isfinite(value) and value.requires_grad
-    value.backward()
-    assert torch.isfinite(logits.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_contract_deterministic(reg):
-    logits, target, images = batch()
-    assert torch.equal(reg(logits, target, images, 0.7), reg(logits.clone(), target.clone(), images.clone(), 0.7))
+    _, target, images = batch()
+    model = small_model()
+    with torch.no_grad():
+        first = apply(reg, model(images), target, images, 0.7, model)
+        again = apply(reg, model(images.clone()), target.clone(), images.clone(), 0.7, model)
+    assert torch.equal(first, again)
 
 
 def test_contract_float32_under_half_inputs(reg):
-    logits, target, images = batch()
-    value = reg(logits.to(torch.bfloat16), target, images.to(torch.bfloat16), 1.0)
+    _, target, images = batch()
+    model = small_model().to(torch.bfloat16)
+    images = images.to(torch.bfloat16)
+    value = apply(reg, model(images), target, images, 1.0, model)
     assert value.dtype == torch.float32 and torch.isfinite(value)
 
 
 def test_bad_arguments_raise_user_error():
-    for name, kwargs in [("entropy", {"rampup": -1}), ("pseudo_label", {"threshold": 1.5}),
+    for name, kwargs in [("entropy", {"rampup": -1}), ("pseudo_label", {"threshold": 1.5}), ("consistency", {"rampup": 2}),
                          ("gated_crf", {"window": 4}), ("gated_crf", {"sigma_rgb": 0})]:
         with pytest.raises(UserError):
             registry.create_regularizer(name, **kwargs)
@@ -193,6 +203,82 @@ def test_gated_crf_gradient_flows_and_padding_is_excluded():
     assert value.item() == pytest.approx(total / 25, rel=1e-5)
 
 
+# -- consistency ------------------------------------------------------------------------------------------------------
+
+
+def reference_consistency(model, images, target, element: int) -> float:
+    """Float64, by the definition: squared softmax difference between the model on the moved batch and the moved
+    softmax, summed over classes, averaged over the pixels unlabelled after the move."""
+    def move(x):
+        x = torch.rot90(x, element % 4, dims=(-2, -1))
+        return torch.flip(x, dims=(-1,)) if element >= 4 else x
+
+    with torch.no_grad():
+        model = model.double()
+        moved = torch.softmax(model(move(images.double())), 1)
+        anchor = move(torch.softmax(model(images.double()), 1))
+        model.float()
+    per_pixel = ((moved - anchor) ** 2).sum(1)
+    mask = move(target) == -1
+    return float(per_pixel[mask].mean()) if mask.any() else 0.0
+
+
+@pytest.mark.parametrize("size", [(8, 8), (6, 8)])
+def test_consistency_is_the_definition_for_one_non_identity_symmetry(size):
+    """The value equals the float64 definition for one of the symmetries the tile allows (all seven non-identity ones
+    of a square; the three that keep a rectangle's shape), and different steps pick different symmetries."""
+    reg = registry.create_regularizer("consistency", rampup=0.0)
+    _, target, images = batch(size=size)
+    model = small_model()
+    allowed = range(1, 8) if size[0] == size[1] else (2, 4, 6)
+    references = {e: reference_consistency(model, images, target, e) for e in allowed}
+    picked = set()
+    for progress in [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]:
+        value = reg(model(images), target, images, progress, model=model).item()
+        matches = [e for e, ref in references.items() if ref == pytest.approx(value, rel=1e-4)]
+        assert matches, (value, references)
+        picked.update(matches)
+    assert len(picked) > 1
+
+
+def test_consistency_zero_for_an_equivariant_model_positive_otherwise():
+    """A 1x1 convolution commutes with every flip and rotation: no inconsistency. Adding a left-to-right ramp to its
+    logits breaks the symmetry, and the term sees it."""
+    reg = registry.create_regularizer("consistency", rampup=0.0)
+    _, target, images = batch(labelled_fraction=0.0, size=(8, 8))
+    pointwise = torch.nn.Conv2d(3, NUM_CLASSES, 1)
+    ramp = torch.linspace(-3, 3, 8).view(1, 1, 1, 8) * torch.arange(NUM_CLASSES).view(1, NUM_CLASSES, 1, 1)
+
+    def not_equivariant(x):
+        return pointwise(x) + ramp
+
+    for progress in [0.0, 0.3, 0.9]:
+        assert reg(pointwise(images), target, images, progress, model=pointwise).item() == pytest.approx(0, abs=1e-7)
+        assert reg(not_equivariant(images), target, images, progress, model=not_equivariant).item() > 1e-3
+
+
+def test_consistency_anchor_carries_no_gradient_and_labelled_pixels_count_for_nothing():
+    reg = registry.create_regularizer("consistency", rampup=0.0)
+    _, target, images = batch(size=(8, 8))
+    model = small_model()
+    logits = model(images).detach().requires_grad_()
+    value = reg(logits, target, images, 0.4, model=model)
+    value.backward()
+    assert logits.grad is None and model.weight.grad.abs().sum() > 0
+    everything_labelled = target.clamp_min(0)
+    assert reg(logits, everything_labelled, images, 0.4, model=model).item() == 0.0
+
+
+def test_consistency_ramp_up():
+    _, target, images = batch(size=(8, 8))
+    model = small_model()
+    ramped = registry.create_regularizer("consistency", rampup=0.5)
+    plain = registry.create_regularizer("consistency", rampup=0.0)
+    for progress, factor in [(0.0, math.exp(-5)), (0.25, math.exp(-5 * 0.25)), (0.6, 1.0)]:
+        expected = factor * plain(model(images), target, images, progress, model=model).item()
+        assert ramped(model(images), target, images, progress, model=model).item() == pytest.approx(expected)
+
+
 # -- grids ------------------------------------------------------------------------------------------------------------
 
 GRID = """\
@@ -268,7 +354,7 @@ def test_mistakes_are_reported_with_their_line(loss, expected):
 # -- training ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loss", ["partial_ce + 0.1 * entropy", "partial_ce + 0.1 * gated_crf"])
+@pytest.mark.parametrize("loss", [f"partial_ce + 0.1 * {name}" for name in registry.list_regularizers()])
 def test_one_epoch_with_a_regularizer(tmp_path, loss):
     text = GRID.replace('"partial_ce",\n    LOSS,', f'"{loss}"')
     path = tmp_path / "grid.toml"
