@@ -8,6 +8,7 @@ temporary file and a rename, so that rerunning ``bench leaderboard`` on the same
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections import defaultdict
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, NullFormatter
 
 from bench.store import CellRow
 
@@ -51,7 +52,9 @@ def efficiency_series(rows: Iterable[CellRow]) -> dict[str, list[tuple[float, fl
     """``{architecture · loss · masker: [(labelled %, mean best mIoU, std), ...]}`` for the partially labelled cells
     (masker ``full`` is left out: see ``full_label_levels``). Seeds of a cell (same line, same configured fraction)
     make one point: the mean of their measured labelled fractions (in %), the mean and standard deviation (0.0 with
-    one seed) of their best validation mIoU. Points sorted by fraction, lines by label."""
+    one seed) of their best validation mIoU. Points at a non-positive fraction (a masker that labelled nothing) are
+    left out, as a log axis cannot show them, and so are lines left without points. Points sorted by fraction, lines
+    by label."""
     points: dict[str, dict[float, list[CellRow]]] = defaultdict(lambda: defaultdict(list))
     for row in _finished(rows):
         if not _is_full(row):
@@ -61,8 +64,10 @@ def efficiency_series(rows: Iterable[CellRow]) -> dict[str, list[tuple[float, fl
         line = []
         for group in points[label].values():
             fraction = statistics.mean(100 * r.metrics["labelled_fraction"] for r in group)
-            line.append((fraction, *_mean_std([r.metrics["best_miou"] for r in group])))
-        series[label] = sorted(line)
+            if fraction > 0:
+                line.append((fraction, *_mean_std([r.metrics["best_miou"] for r in group])))
+        if line:
+            series[label] = sorted(line)
     return series
 
 
@@ -98,17 +103,24 @@ def _title(rows: list[CellRow], what: str) -> str:
     return f"{datasets} · grid {grids}: {what}"
 
 
-def _new_figure(width: float = 8.0, height: float = 5.0) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+# Inches: the axes' share of the figure (with title and tick labels), and one legend row in the "small" font with its
+# spacing (8.3 pt text, 0.5 em between rows, marker handles: about 12.5 pt), rounded up so the legend always fits.
+AXES_HEIGHT, LEGEND_ROW = 5.0, 0.2
+
+
+def _new_figure(entries: int) -> Figure:
+    """A figure whose height grows with its legend (``entries`` rows, one column: the labels are long), so that the
+    constrained layout can fit the axes above the legend whatever the number of lines."""
+    figure = Figure(figsize=(8.0, AXES_HEIGHT + LEGEND_ROW * entries), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _legend_below(figure: Figure, ax, entries: int) -> None:
-    """The legend under the axes, so that it never covers data."""
-    if entries:
-        columns = 1 if entries > 12 else 2 if entries > 3 else entries
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=columns, fontsize="small", frameon=False)
+def _legend_below(figure: Figure, ax) -> None:
+    """The legend in one column under the axes, outside them, so that it never covers data or tick labels."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", fontsize="small", frameon=False)
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -119,13 +131,13 @@ def _save(figure: Figure, path: Path) -> None:
     temporary.replace(path)
 
 
-def label_efficiency_plot(rows: Iterable[CellRow], path: Path) -> None:
+def label_efficiency_plot(rows: Iterable[CellRow], path: Path) -> Figure:
     """Best validation mIoU against the measured labelled fraction (log axis, %), one line per architecture · loss ·
     masker, error bars the standard deviation over seeds; each architecture · loss with full-label cells gets its
-    full-label level as a dashed horizontal line in the same colour."""
+    full-label level as a dashed horizontal line in the same colour. Returns the figure (for tests to inspect)."""
     rows = list(rows)
     series, levels = efficiency_series(rows), full_label_levels(rows)
-    figure = _new_figure()
+    figure = _new_figure(len(series) + len(levels))
     ax = figure.add_subplot()
     colours = {key: f"C{i % 10}" for i, key in enumerate(sorted({*levels, *(k.rsplit(SEP, 1)[0] for k in series)}))}
     maskers = sorted({label.rsplit(SEP, 1)[1] for label in series})
@@ -141,30 +153,33 @@ def label_efficiency_plot(rows: Iterable[CellRow], path: Path) -> None:
     ax.set_xscale("log")
     fractions = sorted({x for points in series.values() for x, _, _ in points})
     if fractions:
-        ax.xaxis.set_major_locator(FixedLocator(fractions))
-        ax.xaxis.set_major_formatter(lambda value, _: f"{value:.3g}")
-        ax.xaxis.set_minor_locator(NullLocator())
+        # Labels on whole decades only (0.01, 0.1, 1, 10, 100): labelling each measured fraction made neighbours such
+        # as 0.0929 and 0.0977 overlap. At least two decades, and a margin so that end markers are not cut.
+        low, high = math.floor(math.log10(fractions[0])), math.ceil(math.log10(fractions[-1]))
+        decades = [10.0**k for k in range(low, max(high, low + 1) + 1)]
+        ax.xaxis.set_major_locator(FixedLocator(decades))
+        ax.xaxis.set_major_formatter(lambda value, _: f"{value:g}")
         ax.xaxis.set_minor_formatter(NullFormatter())
-        low, high = fractions[0], fractions[-1]
-        ax.set_xlim(low / 1.5, high * 1.5)
+        ax.set_xlim(decades[0] / 1.3, decades[-1] * 1.3)
     else:
         ax.text(0.5, 0.5, "no partially labelled cells", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlabel("labelled pixels (% of training pixels, measured; log scale)")
     ax.set_ylabel("best validation mIoU (mean over seeds)")
     ax.set_title(_title(rows, "label efficiency"))
     ax.grid(True, alpha=0.3)
-    _legend_below(figure, ax, len(series) + len(levels))
+    _legend_below(figure, ax)
     _save(figure, path)
+    return figure
 
 
-def training_curves_plot(rows: Iterable[CellRow], path: Path) -> None:
+def training_curves_plot(rows: Iterable[CellRow], path: Path) -> Figure:
     """Validation mIoU per epoch, one line per cell: colour by architecture · loss, line style by masker and
-    fraction, marker by seed."""
+    fraction, marker by seed. Returns the figure (for tests to inspect)."""
     rows = list(rows)
-    figure = _new_figure()
-    ax = figure.add_subplot()
     by_label = {curve_label(r): r for r in rows}
     series = curve_series(rows)
+    figure = _new_figure(len(series))
+    ax = figure.add_subplot()
     colours = {key: f"C{i % 10}" for i, key in enumerate(sorted({_arch_loss(by_label[k]) for k in series}))}
     variants = sorted({tuple(label.split(SEP)[2:4]) for label in series})
     styles = ["-", "--", ":", "-."]
@@ -184,8 +199,9 @@ def training_curves_plot(rows: Iterable[CellRow], path: Path) -> None:
     ax.set_ylabel("validation mIoU")
     ax.set_title(_title(rows, "training curves"))
     ax.grid(True, alpha=0.3)
-    _legend_below(figure, ax, len(series))
+    _legend_below(figure, ax)
     _save(figure, path)
+    return figure
 
 
 def safe_name(text: str) -> str:

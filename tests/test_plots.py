@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from itertools import pairwise
 
 import pytest
 from matplotlib.image import imread
@@ -89,6 +90,7 @@ def check_png(path):
     assert image.std() > 0.01  # not blank
 
 
+@pytest.mark.filterwarnings("error")  # any matplotlib warning (a log axis given 0, a layout that cannot fit) fails
 @pytest.mark.parametrize("rows", [
     [row("unet", 0, 0.5)],  # a single cell, a single fraction
     [row("unet", 0, 0.5), row("unet", 1, 0.52), row("unet", 0, 0.6, fraction=0.2),
@@ -101,6 +103,41 @@ def test_plots_are_png_files(rows, tmp_path):
     for name in ("efficiency.png", "curves.png"):
         check_png(tmp_path / name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "efficiency.png"]  # no temporary left
+
+
+def test_efficiency_series_leaves_out_points_at_zero_percent():
+    rows = [row("unet", 0, 0.01, fraction=0.0), row("unet", 0, 0.5, fraction=0.1),
+            row("unetplusplus", 0, 0.02, masker="eroded", fraction=0.0)]  # its only point at 0 %: no line
+    assert efficiency_series(rows) == {"unet · partial_ce · random_pixels": [pytest.approx((10.0, 0.5, 0.0))]}
+
+
+def many_lines(count: int) -> list[CellRow]:
+    """``count`` lines with long labels, measured fractions close together (0.0929 and 0.0977 %) and 0 % points,
+    plus a full-label level per architecture."""
+    rows = []
+    for i in range(count):
+        arch, masker = f"timm-encoder-unet-resnet{i // 2}", ("1 click per class", "random_pixels")[i % 2]
+        for fraction in (0.0, 0.000929 + 0.000048 * (i % 2), 0.0156, 0.1, 0.697):
+            rows.append(row(arch, 0, 0.3 + 0.01 * i + fraction / 3, masker=masker, fraction=fraction))
+        rows.append(row(arch, 0, 0.6, masker="full", fraction=1.0))
+    return rows
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("count", [1, 20])
+def test_label_efficiency_layout_nothing_overlaps(count, tmp_path):
+    figure = label_efficiency_plot(many_lines(count), tmp_path / "efficiency.png")
+    check_png(tmp_path / "efficiency.png")
+    (ax,), (legend,) = figure.axes, figure.legends
+    assert len(legend.get_texts()) == count + (count + 1) // 2  # the lines and the full-label levels
+    assert min(x for bars in ax.containers for x in bars.lines[0].get_xdata()) > 0  # the 0 % points left out
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    legend_box, page = legend.get_window_extent(renderer), figure.bbox
+    assert page.x0 <= legend_box.x0 and legend_box.x1 <= page.x1 and page.y0 <= legend_box.y0  # inside the figure
+    assert not legend_box.overlaps(ax.get_tightbbox(renderer))  # axes, ticks, labels and title above the legend
+    ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+    assert len(ticks) >= 2 and not any(a.overlaps(b) for a, b in pairwise(ticks))
 
 
 def test_write_leaderboard_writes_and_links_the_plots_of_each_table(tmp_path):
