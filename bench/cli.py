@@ -18,6 +18,9 @@ from rich.table import Table
 import registry
 from bench.grid import list_grids, load_grid
 from bench.leaderboard import write_leaderboard
+from bench import distributed
+from bench.executors import (DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow,
+                             parse_devices)
 from bench.runner import STORE_NAME, GridData, check_cells, resolve_device, run_grid
 from bench.store import ResultStore
 from registry.core import filter_names
@@ -64,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", type=Path, metavar="PATH",
                      help="the folder of the dataset's files (sets its root; not part of the cells' identity)")
     run.add_argument("--dry-run", action="store_true", help="check the grid and list its cells; train nothing")
+    scale = run.add_argument_group("where the cells run (docs/scale-out.md)")
+    scale.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local: in this machine's processes (default); ray: each cell a task on a Ray cluster")
+    scale.add_argument("--devices", metavar="LIST",
+                       help="local executor: one worker per listed GPU (e.g. 0,1,2,3), or 'cpu' entries for CPU workers")
+    scale.add_argument("--address", metavar="HOST:PORT",
+                       help="ray executor: the cluster to join (default: $RAY_ADDRESS, else a local cluster)")
+    scale.add_argument("--cpus-per-cell", type=positive_int, default=1, metavar="N",
+                       help="ray executor on a cluster without GPUs: CPUs each cell asks for (default: 1)")
+    scale.add_argument("--ddp", action="store_true",
+                       help="under torchrun: train each cell with DistributedDataParallel over its processes")
+    scale.add_argument("--retries", type=int, default=2, metavar="N",
+                       help="times a cell whose worker or node died is started again (default: 2)")
 
     listing = commands.add_parser("list", parents=[plugins], help="list registered entries or grids")
     listing.add_argument("what", choices=(*REGISTRIES, "grids"))
@@ -122,6 +138,12 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
 
     grid = load_grid(args.grid, epochs=args.epochs, overrides=args.overrides, data_root=args.data_root)
     device = resolve_device(args.device)
+    if args.ddp and not args.dry_run:
+        device = check_ddp_options(args, device)
+        if not distributed.is_main():  # rank 0 runs the grid below; the others train along with it
+            follow(grid, args.out, device, plugin_paths(args))
+            return 0
+    executor = None if args.dry_run else build_executor(args, device)
     try:  # before the run's live display: a dataset that reads files prepares its cache once, with its own bar
         prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
     except KeyboardInterrupt:
@@ -135,17 +157,53 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     events = RichEvents(console)
     try:
         with events:
-            summary = run_grid(grid, args.out, device, events)
+            summary = run_grid(grid, args.out, device, events, executor)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: finished cells are stored in {args.out}; "
                       "run the same command again to resume", soft_wrap=True)
         return EXIT_INTERRUPTED
+    finally:
+        getattr(executor, "shutdown", lambda: None)()
     if events.results:
         console.print(events.summary_table())
     regenerate(args.out, args.leaderboard)
     console.print(f"{len(summary.done)} cells run, {len(summary.skipped)} already finished, "
                   f"{len(summary.failed)} failed; leaderboard written to {args.leaderboard}")
     return 1 if summary.failed else 0
+
+
+def plugin_paths(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --plugin modules, files as absolute paths: workers may start in another folder."""
+    return tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in args.plugin)
+
+
+def check_ddp_options(args: argparse.Namespace, device):
+    """Join torchrun's process group; returns this rank's device."""
+    if args.executor != "local" or args.devices:
+        raise UserError("--ddp trains each cell over torchrun's processes; it cannot be combined with "
+                        "--executor ray or --devices")
+    return distributed.init_process_group(device)
+
+
+def build_executor(args: argparse.Namespace, device) -> Executor:
+    """The executor the options ask for; a contradiction or an unreachable cluster is a UserError before the store is
+    opened."""
+    plugins = plugin_paths(args)
+    if args.ddp:
+        return DistributedExecutor(device, plugins)
+    if args.retries < 0:
+        raise UserError(f"--retries must be 0 or more, not {args.retries}")
+    if args.executor == "ray":
+        if args.devices:
+            raise UserError("--devices is for the local executor; on Ray each cell asks the cluster for a GPU")
+        from bench.ray_executor import RayExecutor
+
+        return RayExecutor(args.address, args.retries, args.cpus_per_cell, plugins=plugins)
+    if args.address:
+        raise UserError("--address is for --executor ray")
+    if args.devices:
+        return DevicePoolExecutor(parse_devices(args.devices), args.retries, plugins)
+    return SequentialExecutor(device, plugins)
 
 
 def show_cells(grid, store_path: Path, console: Console) -> None:

@@ -95,14 +95,20 @@ class AugmentedTiles(torch.utils.data.Dataset):
 
 class TrainBatches:
     """Shuffled, augmented training batches for one epoch at a time; incomplete last batches are dropped (a batch of
-    one would break BatchNorm) unless the split is smaller than one batch."""
+    one would break BatchNorm) unless the split is smaller than one batch.
 
-    def __init__(self, tiles: AugmentedTiles, batch_size: int, num_workers: int, pin_memory: bool):
+    Over several processes, ``batch_size`` is the global batch and rank ``rank`` of ``world`` gets items
+    ``rank::world`` of each step's batch: the tiles are chosen before they are read and augmented, so no rank does
+    another's work, and a tile is augmented as in one process (its draws depend on the seed, epoch and tile only)."""
+
+    def __init__(self, tiles: AugmentedTiles, batch_size: int, num_workers: int, pin_memory: bool, rank: int = 0,
+                 world: int = 1):
         self.tiles = tiles
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.drop_last = len(tiles) > batch_size
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         n = len(self.tiles)
@@ -112,9 +118,11 @@ class TrainBatches:
         self.tiles.epoch = epoch
         shuffle = torch.Generator().manual_seed(derive_seed(self.tiles.seed, ORDER_STREAM, epoch))
         order = torch.randperm(len(self.tiles), generator=shuffle).tolist()
+        steps = [order[step * self.batch_size:(step + 1) * self.batch_size][self.rank::self.world]
+                 for step in range(len(self))]
         loader = torch.utils.data.DataLoader(
-            self.tiles, batch_size=self.batch_size, sampler=order, drop_last=self.drop_last,
-            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
+            self.tiles, batch_sampler=steps, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=False,
         )
         return iter(loader)
 

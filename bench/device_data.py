@@ -173,10 +173,11 @@ class TileStore:
 class DeviceBatches:
     """Training batches for one epoch at a time, made on the device: the same interface and batch order as
     ``bench.data.TrainBatches``, but yielding normalised float images ``[B, C, H, W]`` and int64 targets already on
-    the device."""
+    the device. Over several processes rank ``rank`` of ``world`` gets items ``rank::world`` of each step's global
+    batch, with the transforms those tiles get in one process (drawn for the whole batch, then shared out)."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, augment: Sequence[str], seed: int, batch_size: int,
-                 normalize: Normalizer):
+                 normalize: Normalizer, rank: int = 0, world: int = 1):
         if images.shape[1] != images.shape[2]:
             raise ValueError(f"the device data path needs square tiles, not {images.shape[1]}x{images.shape[2]}")
         self.store = TileStore(images, masks, normalize.device, batch_size)
@@ -185,6 +186,7 @@ class DeviceBatches:
         self.batch_size = batch_size
         self.normalize = normalize
         self.drop_last = len(images) > batch_size
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         n = len(self.store)
@@ -195,10 +197,10 @@ class DeviceBatches:
         order = torch.randperm(len(self.store), generator=shuffle)
         for step in range(len(self)):
             indices = order[step * self.batch_size:(step + 1) * self.batch_size]
-            images, masks = self.store.gather(indices)
+            images, masks = self.store.gather(indices[self.rank::self.world])
             images, target = images.permute(0, 3, 1, 2).float(), masks.to(torch.int64)
             if self.augment:
                 draws = torch.Generator().manual_seed(derive_seed(self.seed, AUGMENT_STREAM, epoch, step))
                 forward = draw_transforms(self.augment, len(indices), images.shape[-1], draws)
-                images, target = warp(images, target, forward)
+                images, target = warp(images, target, forward[self.rank::self.world])
             yield self.normalize.scale(images), target

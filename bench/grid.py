@@ -56,7 +56,11 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "data_path": "auto",  # device (batches made on the device), loader (DataLoader + albumentations); auto: device on CUDA
     "compile": False,  # torch.compile the model; its compile time is reported apart (first_step_seconds)
     "num_workers": None,  # loader path: None is 0 on the CPU, up to 8 on CUDA
+    "sync_batchnorm": False,  # over several processes (bench run --ddp): BatchNorm statistics of the global batch
 }
+# Recipe keys added after results were stored, each with the value that behaves as the code did before it: at that
+# value a key stays out of the cell's identity, so that adding it did not orphan every stored cell.
+NEUTRAL_RECIPE: dict[str, Any] = {"sync_batchnorm": False}
 DATA_PATHS = ("auto", "device", "loader")
 TOP_KEYS = {"description", "dataset", "axes", "recipe"}
 AXIS_KEYS = {"archs", "losses", "maskers", "fractions", "seeds", "include", "exclude"}
@@ -107,7 +111,7 @@ class Cell:
             "masker": self.masker.as_config(),
             "fraction": self.fraction,
             "seed": self.seed,
-            "recipe": self.recipe,
+            "recipe": {k: v for k, v in self.recipe.items() if k not in NEUTRAL_RECIPE or v != NEUTRAL_RECIPE[k]},
         }
 
     @property
@@ -509,6 +513,7 @@ def _recipe(spec: Any, where: _Locator) -> dict[str, Any]:
             f"must be a list drawn from {', '.join(AUGMENTATIONS)}")
     require(isinstance(recipe["amp"], bool), "amp", "must be true or false")
     require(isinstance(recipe["compile"], bool), "compile", "must be true or false")
+    require(isinstance(recipe["sync_batchnorm"], bool), "sync_batchnorm", "must be true or false")
     require(recipe["data_path"] in DATA_PATHS, "data_path", f"must be one of {', '.join(DATA_PATHS)}")
     weights = recipe["class_weights"]
     require(weights is None or (isinstance(weights, list) and weights and all(number(w) and w > 0 for w in weights)),

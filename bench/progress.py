@@ -1,5 +1,5 @@
-"""Live progress of a grid run with rich: a bar for the grid, one for the cell's epochs, loss and mIoU as they come,
-and a summary table at the end."""
+"""Live progress of a grid run with rich: a bar for the grid, one per running cell (its epochs, loss and mIoU as they
+come; several at once on a pool of workers, each line saying where it runs), and a summary table at the end."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ class RichEvents(RunEvents):
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
         )
         self.results: list[tuple[Cell, dict[str, Any] | None]] = []
-        self._grid_task = self._cell_task = None
+        self._grid_task = None
+        self._cell_tasks: dict[str, Any] = {}  # cell id -> its bar: several cells run at once on a pool
 
     def __enter__(self) -> RichEvents:
         self.progress.start()
@@ -40,31 +41,39 @@ class RichEvents(RunEvents):
                            f"{len(todo)} to run")
         self._grid_task = self.progress.add_task("grid", total=len(todo), info="")
 
-    def cell_started(self, cell: Cell, position: int, resume_epoch: int) -> None:
-        if self._cell_task is not None:
-            self.progress.remove_task(self._cell_task)
+    def cell_started(self, cell: Cell, resume_epoch: int, where: str) -> None:
+        if cell.cell_id in self._cell_tasks:  # a retry after its worker died
+            self.progress.remove_task(self._cell_tasks.pop(cell.cell_id))
         note = f" (resuming after epoch {resume_epoch})" if resume_epoch else ""
-        self.progress.console.print(f"▶ {cell.label}{note}")
-        self._cell_task = self.progress.add_task(
-            "  epochs", total=cell.recipe["epochs"], completed=resume_epoch, info="")
+        self.progress.console.print(f"▶ {cell.label}{note} on {where}", highlight=False)
+        self._cell_tasks[cell.cell_id] = self.progress.add_task(
+            f"  {cell.cell_id}", total=cell.recipe["epochs"], completed=resume_epoch, info="")
 
-    def step(self, step: int, total: int) -> None:
-        self.progress.update(self._cell_task, info=f"step {step}/{total}")
+    def step(self, cell: Cell, step: int, total: int) -> None:
+        self.progress.update(self._cell_tasks[cell.cell_id], info=f"step {step}/{total}")
 
     def epoch_done(self, cell: Cell, record: dict[str, Any]) -> None:
-        self.progress.update(self._cell_task, completed=record["epoch"],
+        self.progress.update(self._cell_tasks[cell.cell_id], completed=record["epoch"],
                              info=f"loss {_fmt(record['train_loss'])}  mIoU {_fmt(record['miou'])}")
 
-    def cell_done(self, cell: Cell, metrics: dict[str, Any]) -> None:
+    def _cell_ended(self, cell: Cell, metrics: dict[str, Any] | None) -> None:
         self.results.append((cell, metrics))
         self.progress.advance(self._grid_task)
-        self.progress.console.print(f"  best mIoU {_fmt(metrics['best_miou'])} (epoch {metrics['best_epoch']}), "
-                                    f"final {_fmt(metrics['final_miou'])}, {metrics['epoch_seconds']:.1f} s/epoch")
+        if cell.cell_id in self._cell_tasks:
+            self.progress.remove_task(self._cell_tasks.pop(cell.cell_id))
+
+    def cell_done(self, cell: Cell, metrics: dict[str, Any]) -> None:
+        self._cell_ended(cell, metrics)
+        self.progress.console.print(f"✓ {cell.label}: best mIoU {_fmt(metrics['best_miou'])} "
+                                    f"(epoch {metrics['best_epoch']}), final {_fmt(metrics['final_miou'])}, "
+                                    f"{metrics['epoch_seconds']:.1f} s/epoch", highlight=False)
 
     def cell_failed(self, cell: Cell, error: str) -> None:
-        self.results.append((cell, None))
-        self.progress.advance(self._grid_task)
-        self.progress.console.print(f"  [red]failed[/]: {error}")
+        self._cell_ended(cell, None)
+        self.progress.console.print(f"[red]✗ failed[/] {cell.label}: {error}", highlight=False)
+
+    def cell_retried(self, cell: Cell, reason: str) -> None:
+        self.progress.console.print(f"[yellow]↻[/] {cell.label}: {reason}; retrying", highlight=False)
 
     def summary_table(self) -> Table:
         table = Table(title="cells run")

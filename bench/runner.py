@@ -6,21 +6,18 @@ Only this module writes the results store during a run, and only one run may use
 
 from __future__ import annotations
 
-import json
-import traceback
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import registry
-from bench.data import partial_masks
+from bench.cell_job import CellJob, GridData, JobResult, grid_data
+from bench.executors import Executor, SequentialExecutor
 from bench.grid import Cell, Component, Grid
-from bench.provenance import provenance
 from bench.store import ResultStore
-from bench.train import CellData, train_cell
 from registry.errors import UserError
 from registry.locks import folder_lock
 
@@ -31,11 +28,12 @@ class RunEvents:
     """What a run reports as it goes; the command line shows it with rich, tests can listen. Does nothing here."""
 
     def grid_started(self, grid: Grid, todo: list[Cell], finished: int) -> None: ...
-    def cell_started(self, cell: Cell, position: int, resume_epoch: int) -> None: ...
-    def step(self, step: int, total: int) -> None: ...
+    def cell_started(self, cell: Cell, resume_epoch: int, where: str) -> None: ...
+    def step(self, cell: Cell, step: int, total: int) -> None: ...
     def epoch_done(self, cell: Cell, record: dict[str, Any]) -> None: ...
     def cell_done(self, cell: Cell, metrics: dict[str, Any]) -> None: ...
     def cell_failed(self, cell: Cell, error: str) -> None: ...
+    def cell_retried(self, cell: Cell, reason: str) -> None: ...
 
 
 @dataclass
@@ -58,34 +56,6 @@ def resolve_device(name: str) -> torch.device:
 def exclusive(out_dir: Path):
     """Hold the output folder's lock: two runs writing one store would each believe they own its unfinished cells."""
     return folder_lock(out_dir, f"another bench run is using {out_dir}; wait for it or pass another --out")
-
-
-class GridData:
-    """The grid's dataset, built once, and the partial masks of the cells in hand (one set at a time: cells that
-    share masks come together in a grid)."""
-
-    def __init__(self, grid: Grid):
-        self.grid = grid
-        self.dataset = registry.create_dataset(grid.dataset.name, **grid.dataset_kwargs())  # identity and location
-        self._masks_key: tuple | None = None
-        self._masks: np.ndarray | None = None
-
-    def tile_shape(self) -> tuple[int, int, int]:
-        images, _ = self.dataset.split("val")
-        return tuple(images.shape[1:])
-
-    def for_cell(self, cell: Cell) -> CellData:
-        train_images, train_full = self.dataset.split("train")
-        val_images, val_masks = self.dataset.split("val")
-        key = (cell.masker.name, json.dumps(cell.masker.kwargs, sort_keys=True), cell.fraction, cell.seed)
-        if key != self._masks_key:
-            masker = registry.create_masker(cell.masker.name, **cell.masker.kwargs)
-            self._masks, self._masks_key = partial_masks(train_full, masker, cell.fraction, cell.seed), key
-        test_images = test_masks = None
-        if "test" in self.dataset.splits:
-            test_images, test_masks = self.dataset.split("test")
-        return CellData(train_images, self._masks, val_images, val_masks, self.dataset.num_classes,
-                        tuple(self.dataset.mean), tuple(self.dataset.std), test_images, test_masks)
 
 
 def build_without_weights(arch: Component, num_classes: int, in_chans: int) -> torch.nn.Module:
@@ -125,11 +95,15 @@ def check_cells(grid: Grid, data: GridData) -> None:
                 raise UserError(f"{grid.path}: {err}") from None
 
 
-def run_grid(grid: Grid, out_dir: Path, device: torch.device, events: RunEvents = RunEvents()) -> RunSummary:
-    """Train every unfinished cell of ``grid``, storing results in ``out_dir``."""
+def run_grid(grid: Grid, out_dir: Path, device: torch.device, events: RunEvents | None = None,
+             executor: Executor | None = None) -> RunSummary:
+    """Train every unfinished cell of ``grid`` with ``executor`` (default: one after another in this process, on
+    ``device``), storing results in ``out_dir``. Only this process writes the store, whatever runs the cells."""
+    events = events or RunEvents()
+    executor = executor or SequentialExecutor(device)
     summary = RunSummary()
     with exclusive(out_dir):
-        data = GridData(grid)
+        data = grid_data(grid)
         check_cells(grid, data)
         store = ResultStore(out_dir / STORE_NAME)
         try:
@@ -141,38 +115,73 @@ def run_grid(grid: Grid, out_dir: Path, device: torch.device, events: RunEvents 
                 else:
                     todo.append(cell)
             events.grid_started(grid, todo, len(summary.skipped))
-            origin = provenance(device)
-            for position, cell in enumerate(todo):
-                run_cell(cell, data, store, out_dir, device, origin, position, events, summary)
+            checkpoint_root = (out_dir / "checkpoints").resolve()
+            jobs = [CellJob(grid, cell.cell_id, checkpoint_root, executor.plugins) for cell in todo]
+            recorder = Recorder(grid, store, checkpoint_root, list(data.dataset.class_names), events, summary)
+            try:
+                executor.run(jobs, recorder)
+            except KeyboardInterrupt:
+                recorder.interrupt_running()
+                raise
         finally:
             store.close()
     return summary
 
 
-def run_cell(cell: Cell, data: GridData, store: ResultStore, out_dir: Path, device: torch.device,
-             origin: dict[str, Any], position: int, events: RunEvents, summary: RunSummary) -> None:
-    checkpoint_dir = out_dir / "checkpoints" / cell.cell_id
-    previous = store.get(cell.cell_id)
-    resume_epoch = len(previous.history) if previous is not None and (checkpoint_dir / "last.pt").exists() else 0
-    store.start(cell.cell_id, cell.grid, cell.dataset.name, cell.label, cell.config, origin)
-    events.cell_started(cell, position, resume_epoch)
+class Recorder:
+    """The driver's side of a run: what the cells' jobs report becomes store writes and events. Executors call
+    ``report`` as messages arrive and ``finish`` with each job's result, from the driver's thread only."""
 
-    def on_epoch(history: list[dict[str, Any]]) -> None:
-        store.record_epoch(cell.cell_id, history)
-        events.epoch_done(cell, history[-1])
+    def __init__(self, grid: Grid, store: ResultStore, checkpoint_root: Path, class_names: list[str],
+                 events: RunEvents, summary: RunSummary):
+        self.cells = {cell.cell_id: cell for cell in grid.cells}
+        self.store, self.checkpoint_root, self.class_names = store, checkpoint_root, class_names
+        self.events, self.summary = events, summary
+        self.running: set[str] = set()
 
-    try:
-        history, metrics = train_cell(cell, data.for_cell(cell), device, checkpoint_dir, on_epoch, events.step)
-    except KeyboardInterrupt:
-        store.interrupt(cell.cell_id)
-        raise
-    except Exception as err:  # one broken cell must not stop the grid: record why, and go on
-        error = f"{type(err).__name__}: {err}"
-        store.fail(cell.cell_id, error + "\n" + traceback.format_exc())
-        summary.failed.append(cell.cell_id)
-        events.cell_failed(cell, error)
-        return
-    metrics["class_names"] = list(data.dataset.class_names)
-    store.finish(cell.cell_id, history, metrics)
-    summary.done.append(cell.cell_id)
-    events.cell_done(cell, metrics)
+    def report(self, cell_id: str, kind: str, payload: dict[str, Any]) -> None:
+        cell = self.cells[cell_id]
+        if kind == "started":
+            previous = self.store.get(cell_id)
+            resumable = previous is not None and (self.checkpoint_root / cell_id / "last.pt").exists()
+            origin = {**payload["provenance"], "where": payload["where"]}
+            self.store.start(cell_id, cell.grid, cell.dataset.name, cell.label, cell.config, origin)
+            self.running.add(cell_id)
+            self.events.cell_started(cell, len(previous.history) if resumable else 0, payload["where"])
+        elif kind == "epoch":
+            self.store.record_epoch(cell_id, payload["history"])
+            self.events.epoch_done(cell, payload["history"][-1])
+        elif kind == "step":
+            self.events.step(cell, payload["step"], payload["total"])
+
+    def retry(self, cell_id: str, reason: str) -> None:
+        """A job's worker died: the cell goes back to the queue (its row says why until it starts again)."""
+        self.running.discard(cell_id)
+        self.store.fail(cell_id, f"{reason}; retrying")
+        self.events.cell_retried(self.cells[cell_id], reason)
+
+    def finish(self, result: JobResult) -> None:
+        cell = self.cells[result.cell_id]
+        self.running.discard(result.cell_id)
+        if result.error is not None:
+            if self.store.get(result.cell_id) is None:  # lost before it could report its start
+                self.store.start(cell.cell_id, cell.grid, cell.dataset.name, cell.label, cell.config, {})
+            self.store.fail(result.cell_id, result.error + ("\n" + result.trace if result.trace else ""))
+            self.summary.failed.append(result.cell_id)
+            self.events.cell_failed(cell, result.error)
+            return
+        if result.best_checkpoint is not None:  # the worker had no disk in common with this process
+            folder = self.checkpoint_root / result.cell_id
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = folder / "best.pt.tmp"
+            temporary.write_bytes(result.best_checkpoint)
+            os.replace(temporary, folder / "best.pt")
+        metrics = {**result.metrics, "class_names": self.class_names}
+        self.store.finish(result.cell_id, result.history, metrics)
+        self.summary.done.append(result.cell_id)
+        self.events.cell_done(cell, metrics)
+
+    def interrupt_running(self) -> None:
+        for cell_id in self.running:
+            self.store.interrupt(cell_id)
+        self.running.clear()

@@ -2,6 +2,11 @@
 
 Precision is chosen once: bf16 autocast on CUDA cards that support it (no loss scaler needed), fp16 with a scaler on
 older cards, float32 on the CPU. Clocks are read after a device synchronisation, so epoch times are real.
+
+Over several processes (a process group initialised, see :mod:`bench.distributed`) one cell trains with
+DistributedDataParallel: ``batch_size`` stays the global batch, each rank trains on its share of every step's batch
+(same steps per epoch and learning-rate schedule as one process), each rank evaluates its share of the evaluation
+batches and the counts are summed before scoring, and only rank 0 writes checkpoints and calls the callbacks.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import numpy as np
 import torch
 
 import registry
+from bench import distributed
 from bench.data import AugmentedTiles, Normalizer, TrainBatches, eval_batches
 from bench.device_data import DeviceBatches, fits_on_device, upload
 from bench.grid import Cell
 from bench.metrics import PerBatchMIoU, confusion_matrix, scores
+from registry.errors import UserError
 
 
 class TrainingDiverged(RuntimeError):
@@ -129,17 +136,26 @@ def regularizer_terms(regularizers, outputs, target: torch.Tensor, images: torch
 def evaluate(model, images: np.ndarray, masks: np.ndarray, num_classes: int, normalize: Normalizer,
              batch_size: int, precision: Precision) -> dict[str, Any]:
     """One pass over an evaluation split (the validation or the test tiles): a dataset-level confusion matrix, and the
-    reference's per-batch mIoU."""
+    reference's per-batch mIoU.
+
+    Over several processes batch ``b`` is evaluated by rank ``b % world`` (``model`` must then be the plain module,
+    not the DDP wrapper, whose forward is a collective); the per-batch counts, exact integers, are summed over the
+    ranks before anything is scored, so every rank gets the figures of one process evaluating everything."""
     model.eval()
     device = normalize.device
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    per_batch = PerBatchMIoU()
+    rank, world_size = distributed.world()
+    batch_cms = torch.zeros(-(-len(images) // batch_size), num_classes, num_classes, dtype=torch.int64, device=device)
     with torch.inference_mode(), precision.autocast():
-        for batch_images, batch_masks in eval_batches(images, masks, batch_size):
+        for index, (batch_images, batch_masks) in enumerate(eval_batches(images, masks, batch_size)):
+            if index % world_size != rank:
+                continue
             batch_images, target = normalize(batch_images, batch_masks)
-            batch_cm = confusion_matrix(model(batch_images).argmax(1), target, num_classes)
-            cm += batch_cm
-            per_batch.add(batch_cm)
+            batch_cms[index] = confusion_matrix(model(batch_images).argmax(1), target, num_classes)
+    distributed.all_reduce_sum(batch_cms)
+    cm = batch_cms.sum(0)
+    per_batch = PerBatchMIoU()
+    for batch_cm in batch_cms:
+        per_batch.add(batch_cm)
     result = scores(cm)
     return {"miou": result.miou, "accuracy": result.accuracy, "iou": result.iou,
             "per_batch_miou": per_batch.value(), "confusion_matrix": cm.cpu().tolist()}
@@ -164,17 +180,31 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     """Train ``cell`` and evaluate it after every epoch; returns the per-epoch history and the cell's metrics.
 
     Resumes from ``checkpoint_dir/last.pt`` when a previous attempt left one; ``on_epoch`` gets the history after
-    every epoch (to store it), ``on_step`` the step and step count (to show progress)."""
+    every epoch (to store it), ``on_step`` the step and step count (to show progress).
+
+    Over several processes every rank calls this with the same cell and data; only rank 0 calls the callbacks."""
     recipe = cell.recipe
-    torch.manual_seed(cell.seed)
+    rank, world_size = distributed.world()
+    if world_size > 1:
+        check_shares(recipe["batch_size"], len(data.train_images), world_size)
+        device = distributed.rank_device(device)
+    torch.manual_seed(cell.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's as well)
     model = registry.create_arch(cell.arch.name, num_classes=data.num_classes, in_chans=data.train_images.shape[-1],
                                  **cell.arch.kwargs).to(device)
     # Channels-last suits both cuDNN's tensor-core kernels and oneDNN's CPU convolutions (1.5x faster at 64 px).
     model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    # Checkpoints hold the plain module's weights; the compiled one (if any) only runs the steps.
-    forward = torch.compile(model) if recipe["compile"] else model
+    trained = model  # what the training steps run: the model, or its DDP wrapper over several processes
+    if world_size > 1:
+        if recipe["sync_batchnorm"]:
+            model = distributed.sync_batchnorm(model, device)
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Checkpoints hold the plain module's weights; the compiled one (if any) only runs the steps. Evaluation runs the
+    # plain module (compiled or not): each rank evaluates batches of its own, without DDP's collectives.
+    forward = torch.compile(trained) if recipe["compile"] else trained
+    evaluated = forward if trained is model else (torch.compile(model) if recipe["compile"] else model)
     loss_fn = registry.create_loss(cell.loss.name, **cell.loss.kwargs, weight=recipe["class_weights"])
     regularizers = build_regularizers(cell)
     precision = choose_precision(device, recipe["amp"])
@@ -229,14 +259,19 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
             loss_sum += loss.detach()
             if first_step_seconds is None:  # compilation and cuDNN autotuning happen here: reported apart
                 first_step_seconds = clock(device) - started
-            on_step(step + 1, len(batches))
+            if rank == 0:
+                on_step(step + 1, len(batches))
         train_seconds = clock(device) - started
+        if world_size > 1:  # each rank's mean over its shares, averaged over the ranks
+            sums = distributed.all_reduce_sum(torch.cat([loss_sum.view(1), reg_sums.to(loss_sum.dtype)]))
+            loss_sum, reg_sums = sums[0] / world_size, sums[1:] / world_size
+            distributed.broadcast_buffers(model)  # evaluate, on every rank, the model that rank 0 checkpoints
         train_loss = float(loss_sum) / len(batches)  # one synchronisation per epoch, not per step
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {recipe['lr']})")
 
         started = clock(device)
-        result = evaluate(forward, val_images, val_masks, data.num_classes, normalize, eval_batch_size, precision)
+        result = evaluate(evaluated, val_images, val_masks, data.num_classes, normalize, eval_batch_size, precision)
         eval_seconds = clock(device) - started
         history.append({
             "epoch": epoch + 1, "train_loss": train_loss, "miou": result["miou"], "accuracy": result["accuracy"],
@@ -247,26 +282,38 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         if regularizers:  # the mean unweighted value of each regulariser over the epoch
             history[-1]["regularizers"] = {name: float(value) / len(batches)
                                            for (name, _, _), value in zip(regularizers, reg_sums.cpu())}
-        if result["miou"] >= max((h["miou"] for h in history), default=-1.0):
-            save_atomically({"cell_id": cell.cell_id, "config": cell.config, "epoch": epoch + 1,
-                             "miou": result["miou"], "model": model.state_dict()}, best_path)
-        save_atomically({"cell_id": cell.cell_id, "epoch": epoch + 1, "history": history,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(),
-                         "scaler": precision.scaler.state_dict() if precision.scaler is not None else None},
-                        last_path)
-        on_epoch(history)
+        if rank == 0:  # the other ranks read best.pt for the test split, and last.pt to resume: after the barrier
+            if result["miou"] >= max((h["miou"] for h in history), default=-1.0):
+                save_atomically({"cell_id": cell.cell_id, "config": cell.config, "epoch": epoch + 1,
+                                 "miou": result["miou"], "model": model.state_dict()}, best_path)
+            save_atomically({"cell_id": cell.cell_id, "epoch": epoch + 1, "history": history,
+                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "schedule": schedule.state_dict(),
+                             "scaler": precision.scaler.state_dict() if precision.scaler is not None else None},
+                            last_path)
+            on_epoch(history)
+        distributed.barrier()
 
     metrics = summarize(history, data, len(batches) * recipe["batch_size"], precision.name)
     metrics.update(data_path=data_path, compiled=recipe["compile"], first_step_seconds=first_step_seconds)
     if data.has_test:
         # Before last.pt goes: a run stopped here resumes with the test evaluation, without training again.
         test_images, test_masks = eval_tiles(data.test_images, data.test_masks, data_path, device)
-        metrics.update(evaluate_best_on_test(model, forward, best_path, (test_images, test_masks), data.num_classes,
-                                             normalize, eval_batch_size, precision))
+        metrics.update(evaluate_best_on_test(model, evaluated, best_path, (test_images, test_masks),
+                                             data.num_classes, normalize, eval_batch_size, precision))
     metrics["peak_memory_mb"], metrics["peak_memory_kind"] = peak_memory_mb(device)
-    last_path.unlink(missing_ok=True)  # the optimizer state is only needed to resume; best.pt stays
+    if rank == 0:
+        last_path.unlink(missing_ok=True)  # the optimizer state is only needed to resume; best.pt stays
     return history, metrics
+
+
+def check_shares(batch_size: int, train_tiles: int, world_size: int) -> None:
+    """Refuse, before training, what several processes cannot share out evenly."""
+    if batch_size % world_size:
+        raise UserError(f"[recipe] batch_size = {batch_size} is the global batch: it must be divisible by the "
+                        f"number of processes ({world_size})")
+    if train_tiles < world_size:
+        raise UserError(f"{train_tiles} training tiles cannot be shared by {world_size} processes")
 
 
 def evaluate_best_on_test(model, forward, best_path: Path, test: tuple, num_classes: int, normalize: Normalizer,
@@ -305,13 +352,13 @@ def training_batches(cell: Cell, data: CellData, normalize: Normalizer):
         path = "device" if device.type == "cuda" else "loader"
     if path == "device":
         batches = DeviceBatches(data.train_images, data.train_masks, recipe["augment"], cell.seed,
-                                recipe["batch_size"], normalize)
+                                recipe["batch_size"], normalize, *distributed.world())
         return batches, f"device ({'resident' if batches.store.resident else 'pinned host memory'})"
     workers = recipe["num_workers"]
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     tiles = AugmentedTiles(data.train_images, data.train_masks, recipe["augment"], cell.seed)
-    batches = TrainBatches(tiles, recipe["batch_size"], workers, pin_memory=device.type == "cuda")
+    batches = TrainBatches(tiles, recipe["batch_size"], workers, device.type == "cuda", *distributed.world())
     return LoaderBatches(batches, normalize), f"loader ({workers} workers)"
 
 

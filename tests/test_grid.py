@@ -299,3 +299,14 @@ def test_location_mistakes(located_dataset, tmp_path):
         parse(BASE, data_root=tmp_path)  # synthetic reads no files
     assert str(info.value) == (f"--data-root {tmp_path}: dataset 'synthetic': got an unexpected keyword argument "
                                "'root'")
+
+
+def test_recipe_keys_added_later_keep_stored_identities_at_their_neutral_value():
+    """``sync_batchnorm`` came after results were stored: false (its neutral value) is left out of the identity, so
+    the default grid's cells keep the ids they had before it (the first one pinned here); true is a new cell."""
+    grid = load_grid("default")
+    first = grid.cells[0]
+    assert first.recipe["sync_batchnorm"] is False and "sync_batchnorm" not in first.config["recipe"]
+    assert first.cell_id == "f47c99a740ab20ed"
+    synced = load_grid("default", overrides=["recipe.sync_batchnorm=true"]).cells[0]
+    assert synced.config["recipe"]["sync_batchnorm"] is True and synced.cell_id != first.cell_id

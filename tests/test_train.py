@@ -147,7 +147,7 @@ class CountSteps(RunEvents):
     def __init__(self):
         self.steps = 0
 
-    def step(self, step, total):
+    def step(self, cell, step, total):
         self.steps += 1
 
 

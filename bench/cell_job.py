@@ -1,0 +1,119 @@
+"""One cell's training as a job that any executor can run: in the driver's process, in a worker process on one GPU,
+or in a Ray task on another machine.
+
+A job reports as it goes (started, each epoch, steps) through a callback and returns a :class:`JobResult`; it never
+writes the results store, which only the driver does. Everything in a job is picklable, so it can cross processes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import registry
+from bench.data import partial_masks
+from bench.grid import Cell, Grid
+from bench.provenance import provenance
+from bench.train import CellData, train_cell
+
+# report(cell_id, kind, payload): kind "started" {"where", "provenance"}, "epoch" {"history"}, "step" {"step", "total"}
+Report = Callable[[str, str, dict[str, Any]], None]
+
+
+class GridData:
+    """The grid's dataset, built once, and the partial masks of the cells in hand (one set at a time: cells that
+    share masks come together in a grid)."""
+
+    def __init__(self, grid: Grid):
+        self.grid = grid
+        self.dataset = registry.create_dataset(grid.dataset.name, **grid.dataset_kwargs())  # identity and location
+        self._masks_key: tuple | None = None
+        self._masks: np.ndarray | None = None
+
+    def tile_shape(self) -> tuple[int, int, int]:
+        images, _ = self.dataset.split("val")
+        return tuple(images.shape[1:])
+
+    def for_cell(self, cell: Cell) -> CellData:
+        train_images, train_full = self.dataset.split("train")
+        val_images, val_masks = self.dataset.split("val")
+        key = (cell.masker.name, json.dumps(cell.masker.kwargs, sort_keys=True), cell.fraction, cell.seed)
+        if key != self._masks_key:
+            masker = registry.create_masker(cell.masker.name, **cell.masker.kwargs)
+            self._masks, self._masks_key = partial_masks(train_full, masker, cell.fraction, cell.seed), key
+        test_images = test_masks = None
+        if "test" in self.dataset.splits:
+            test_images, test_masks = self.dataset.split("test")
+        return CellData(train_images, self._masks, val_images, val_masks, self.dataset.num_classes,
+                        tuple(self.dataset.mean), tuple(self.dataset.std), test_images, test_masks)
+
+
+@dataclass(frozen=True)
+class CellJob:
+    grid: Grid
+    cell_id: str
+    checkpoint_root: Path  # the driver's <out>/checkpoints, absolute
+    plugins: tuple[str, ...] = ()  # modules the driver imported with --plugin: a worker imports them too
+    shared_marker: str | None = None  # a file the driver wrote in checkpoint_root; a worker that sees it shares disks
+
+    @property
+    def cell(self) -> Cell:
+        return next(c for c in self.grid.cells if c.cell_id == self.cell_id)
+
+
+@dataclass
+class JobResult:
+    cell_id: str
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any] | None
+    error: str | None = None  # one line; None when the cell finished
+    trace: str | None = None
+    best_checkpoint: bytes | None = None  # best.pt, when the worker could not write it where the driver reads
+
+
+_datasets: dict[str, GridData] = {}  # per process: a worker that runs many cells builds each dataset once
+
+
+def grid_data(grid: Grid) -> GridData:
+    key = json.dumps([grid.dataset.name, grid.dataset_kwargs()], sort_keys=True, default=str)
+    if key not in _datasets:
+        _datasets.clear()  # one dataset at a time: a worker's memory is for the one it trains on
+        _datasets[key] = GridData(grid)
+    return _datasets[key]
+
+
+def import_plugins(plugins: tuple[str, ...]) -> None:
+    """Import the driver's ``--plugin`` modules once per process (a file imported twice would register twice)."""
+    for module in plugins:
+        if not (module.endswith(".py") and Path(module).stem in sys.modules):
+            registry.import_plugin_module(module)
+
+
+def run_job(job: CellJob, device: torch.device, report: Report) -> JobResult:
+    """Train the job's cell on ``device``; a failure of the cell becomes a result with its error, not an exception
+    (only an interruption propagates)."""
+    import_plugins(job.plugins)
+    cell = job.cell
+    shared = job.shared_marker is None or (job.checkpoint_root / job.shared_marker).exists()
+    root = job.checkpoint_root if shared else Path(tempfile.gettempdir()) / "partialseg-checkpoints"
+    checkpoint_dir = root / cell.cell_id
+    report(cell.cell_id, "started", {"where": f"{socket.gethostname()} {device}", "provenance": provenance(device)})
+    try:
+        history, metrics = train_cell(
+            cell, grid_data(job.grid).for_cell(cell), device, checkpoint_dir,
+            on_epoch=lambda history: report(cell.cell_id, "epoch", {"history": history}),
+            on_step=lambda step, total: report(cell.cell_id, "step", {"step": step, "total": total}))
+    except Exception as err:  # one broken cell must not stop the grid: the driver records why, and goes on
+        return JobResult(cell.cell_id, [], None, f"{type(err).__name__}: {err}", traceback.format_exc())
+    best = None if shared else (checkpoint_dir / "best.pt").read_bytes()
+    return JobResult(cell.cell_id, history, metrics, best_checkpoint=best)

@@ -1,0 +1,224 @@
+"""Executors: what runs the cells of a grid. The driver (:func:`bench.runner.run_grid`) hands an executor the jobs of
+the unfinished cells and a recorder; the executor runs them wherever it runs them and passes every message and result
+to the recorder, from the driver's thread. Executors never touch the results store.
+
+- :class:`SequentialExecutor`: one cell after another in this process (the default);
+- :class:`DevicePoolExecutor`: one worker process per listed device, each taking the next unfinished cell;
+- :class:`bench.ray_executor.RayExecutor`: each cell a Ray task, on a local or remote cluster;
+- :class:`DistributedExecutor`: under torchrun, every cell trained by all the processes together.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from bench import distributed
+from bench.cell_job import CellJob, JobResult, Report, run_job
+from bench.grid import Grid
+from registry.errors import UserError
+
+if TYPE_CHECKING:
+    from bench.runner import Recorder
+
+STEP_REPORT_SECONDS = 0.5  # workers in other processes report steps at most this often: the bar, not the queue
+
+
+class Executor(Protocol):
+    plugins: tuple[str, ...]
+
+    def run(self, jobs: list[CellJob], recorder: Recorder) -> None: ...
+
+
+class SequentialExecutor:
+    """Cells one after another in this process, on one device."""
+
+    def __init__(self, device: torch.device, plugins: tuple[str, ...] = ()):
+        self.device, self.plugins = device, plugins
+
+    def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
+        for job in jobs:
+            recorder.finish(run_job(job, self.device, recorder.report))
+
+
+def parse_devices(text: str) -> list[torch.device]:
+    """``--devices 0,1,3`` (GPU indices) or ``cpu,cpu`` (CPU workers, the cores shared among them)."""
+    devices = []
+    count = torch.cuda.device_count()
+    for item in (part.strip() for part in text.split(",")):
+        if item == "cpu":
+            devices.append(torch.device("cpu"))
+        elif item.isdigit() and int(item) < count:
+            devices.append(torch.device("cuda", int(item)))
+        elif item.isdigit():
+            known = f"GPUs 0 to {count - 1}" if count else "no GPU"
+            raise UserError(f"--devices: GPU {item} does not exist (this machine has {known})")
+        else:
+            raise UserError(f"--devices takes GPU indices or 'cpu', separated by commas (e.g. 0,1,2,3), not {item!r}")
+    if not devices:
+        raise UserError("--devices names no device")
+    return devices
+
+
+def throttled(report: Report) -> Report:
+    """``report`` with step messages thinned to one every STEP_REPORT_SECONDS; the others pass unchanged."""
+    last = [0.0]
+
+    def send(cell_id: str, kind: str, payload: dict[str, Any]) -> None:
+        if kind == "step":
+            now = time.monotonic()
+            if now - last[0] < STEP_REPORT_SECONDS and payload["step"] != payload["total"]:
+                return
+            last[0] = now
+        report(cell_id, kind, payload)
+
+    return send
+
+
+def _worker_main(slot: int, device: torch.device, threads: int, inbox, outbox) -> None:
+    """A pool worker: jobs in from ``inbox`` until ``None``; messages and results out to ``outbox``."""
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    report = throttled(lambda cell_id, kind, payload: outbox.put((slot, cell_id, kind, payload)))
+    try:
+        while (job := inbox.get()) is not None:
+            outbox.put((slot, job.cell_id, "result", run_job(job, device, report)))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the driver records the interruption
+        pass
+
+
+@dataclass
+class _Worker:
+    device: torch.device
+    process: multiprocessing.Process
+    inbox: Any
+    job: CellJob | None = None
+
+
+class DevicePoolExecutor:
+    """One worker process per device (spawned, so CUDA starts fresh in each), each taking the next unfinished cell.
+
+    A worker that dies (killed, out of memory, a crashed driver of the GPU) is replaced; its cell goes back to the
+    queue, resumes from its last checkpoint, and after ``retries`` such deaths is recorded as failed with the reason.
+    """
+
+    def __init__(self, devices: list[torch.device], retries: int = 2, plugins: tuple[str, ...] = ()):
+        self.devices, self.retries, self.plugins = devices, retries, plugins
+        self.threads = max(1, (os.cpu_count() or 1) // len(devices))
+        self._context = multiprocessing.get_context("spawn")
+
+    def _start(self, slot: int, outbox) -> _Worker:
+        device = self.devices[slot]
+        inbox = self._context.Queue()
+        process = self._context.Process(target=_worker_main, args=(slot, device, self.threads, inbox, outbox),
+                                        name=f"bench-worker-{slot}", daemon=True)
+        process.start()
+        return _Worker(device, process, inbox)
+
+    def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
+        outbox = self._context.Queue()
+        pending, deaths = deque(jobs), Counter()
+        workers = [self._start(slot, outbox) for slot in range(len(self.devices))]
+
+        def handle(message) -> None:
+            slot, cell_id, kind, payload = message
+            if kind == "result":
+                workers[slot].job = None
+                recorder.finish(payload)
+            else:
+                recorder.report(cell_id, kind, payload)
+
+        try:
+            while pending or any(w.job for w in workers):
+                for worker in workers:
+                    if worker.job is None and pending:
+                        worker.job = pending.popleft()
+                        worker.inbox.put(worker.job)
+                try:
+                    handle(outbox.get(timeout=0.2))
+                    continue
+                except queue.Empty:
+                    pass
+                for slot, worker in enumerate(workers):
+                    if worker.process.is_alive():
+                        continue
+                    # what it sent before dying counts (a result among it means its cell is not lost)
+                    for message in _drain(outbox):
+                        handle(message)
+                    job, code = worker.job, worker.process.exitcode
+                    workers[slot] = self._start(slot, outbox)
+                    if job is None:
+                        continue
+                    deaths[job.cell_id] += 1
+                    reason = f"the worker on {worker.device} died (exit code {code})"
+                    if deaths[job.cell_id] <= self.retries:
+                        recorder.retry(job.cell_id, reason)
+                        pending.appendleft(job)
+                    else:
+                        recorder.finish(JobResult(job.cell_id, [], None,
+                                                  f"{reason}, {deaths[job.cell_id]} times: gave up"))
+        finally:
+            for worker in workers:
+                if worker.process.is_alive():
+                    worker.inbox.put(None)
+            for worker in workers:
+                worker.process.join(timeout=10)
+                if worker.process.is_alive():
+                    worker.process.terminate()
+
+
+def _drain(outbox) -> list:
+    messages = []
+    while True:
+        try:
+            messages.append(outbox.get(timeout=0.1))
+        except queue.Empty:
+            return messages
+
+
+class DistributedExecutor:
+    """``bench run --ddp`` under torchrun: every cell trained by all the processes together (DistributedDataParallel).
+
+    Rank 0 is the driver: it alone holds the output folder, reads and writes the store, and announces the cells to
+    train; the other ranks (:func:`follow`) receive that list and train the same cells in the same order, writing
+    nothing. Rank 0 always announces, an empty list when it stops before training, so that no rank waits forever.
+    """
+
+    def __init__(self, device: torch.device, plugins: tuple[str, ...] = ()):
+        self.device, self.plugins = device, plugins
+        self._announced = False
+
+    def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
+        self._announce([job.cell_id for job in jobs])
+        for job in jobs:
+            recorder.finish(run_job(job, self.device, recorder.report))
+
+    def shutdown(self) -> None:
+        if not self._announced:
+            self._announce([])
+        distributed.close_process_group()
+
+    def _announce(self, cell_ids: list[str]) -> None:
+        self._announced = True
+        torch.distributed.broadcast_object_list([cell_ids], src=0)
+
+
+def follow(grid: Grid, out_dir: Path, device: torch.device, plugins: tuple[str, ...] = ()) -> None:
+    """The part of a rank other than 0 in ``bench run --ddp``: train the cells rank 0 announces; record nothing."""
+    announced = [None]
+    torch.distributed.broadcast_object_list(announced, src=0)
+    checkpoint_root = (out_dir / "checkpoints").resolve()
+    try:
+        for cell_id in announced[0]:
+            run_job(CellJob(grid, cell_id, checkpoint_root, plugins), device, lambda *message: None)
+    finally:
+        distributed.close_process_group()

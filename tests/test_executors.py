@@ -1,0 +1,203 @@
+"""Executors: a pool of worker processes and a local Ray cluster run a grid to the same results as the sequential
+executor, each cell stored once; a worker killed in the middle of a cell is replaced and the cell retried (resuming
+from its checkpoint) or, past the retry budget, recorded as failed with the reason; bad options are one line, exit 2,
+and leave the store untouched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import registry
+from bench.executors import DevicePoolExecutor, parse_devices
+from bench.grid import parse_grid
+from bench.runner import run_grid
+from bench.store import ResultStore
+from registry.errors import UserError
+
+HERE = Path(__file__).parent
+PLUGIN = str(HERE / "dying_arch.py")
+CPU = torch.device("cpu")
+GRID = """\
+[dataset]
+name = "synthetic"
+tile_size = 32
+train_size = 32
+val_size = 8
+test_size = 8
+
+[axes]
+archs = [ARCH]
+losses = ["partial_ce"]
+maskers = ["random_pixels"]
+fractions = [0.2, 0.5]
+
+[recipe]
+epochs = 3
+batch_size = 8
+"""
+STEPS_PER_EPOCH = 4
+DETERMINISTIC = ("best_miou", "final_miou", "final_accuracy", "confusion_matrix", "test_miou", "test_epoch")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugin():
+    if "dying_unet" not in registry.list_archs():
+        registry.import_plugin_module(PLUGIN)
+
+
+def grid_for(tmp_path: Path, **arch):
+    kwargs = {"base_channels": 4, "depth": 3, **arch}
+    spec = "{ name = \"dying_unet\", " + ", ".join(f"{k} = {v!r}".replace("'", '"').replace("True", "true")
+                                                  for k, v in kwargs.items()) + " }"
+    text = GRID.replace("ARCH", spec)
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    return parse_grid(text, path)
+
+
+def stored(out: Path) -> dict[str, object]:
+    store = ResultStore(out / "results.sqlite")
+    try:
+        return {row.cell_id: row for row in store.rows(status=None)}
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    """The reference: the grid run cell after cell in this process; metrics by labelled fraction (cells of grids
+    with other plugin arguments have other identities, the same numbers)."""
+    tmp = tmp_path_factory.mktemp("sequential")
+    run_grid(grid_for(tmp), tmp / "runs", CPU)
+    return {row.config["fraction"]: row.metrics for row in stored(tmp / "runs").values()}
+
+
+def assert_same_results(rows, reference) -> None:
+    assert sorted(row.config["fraction"] for row in rows.values()) == sorted(reference)
+    for row in rows.values():
+        assert row.status == "done", row.error
+        for key in DETERMINISTIC:
+            assert row.metrics[key] == reference[row.config["fraction"]][key], (row.label, key)
+
+
+def test_pool_of_two_workers_matches_sequential(tmp_path, sequential):
+    summary = run_grid(grid_for(tmp_path), tmp_path / "runs", CPU,
+                       executor=DevicePoolExecutor([CPU, CPU], plugins=(PLUGIN,)))
+    rows = stored(tmp_path / "runs")
+    assert_same_results(rows, sequential)
+    assert sorted(summary.done) == sorted(rows) and all(row.attempts == 1 for row in rows.values())
+    assert {row.provenance["where"].split()[-1] for row in rows.values()} == {"cpu"}
+
+
+def test_pool_worker_killed_mid_cell_is_replaced_and_the_cell_resumed(tmp_path, sequential):
+    marker = tmp_path / "died"
+    grid = grid_for(tmp_path, marker=str(marker), at_step=STEPS_PER_EPOCH + 2)  # in the second epoch
+    summary = run_grid(grid, tmp_path / "runs", CPU, executor=DevicePoolExecutor([CPU, CPU], plugins=(PLUGIN,)))
+    assert marker.exists() and not summary.failed
+    rows = stored(tmp_path / "runs")
+    assert sorted(row.attempts for row in rows.values()) == [1, 2]
+    retried = next(row for row in rows.values() if row.attempts == 2)
+    assert [h["resumed"] for h in retried.history] == [False, True, False]  # from the first epoch's checkpoint
+    assert_same_results(rows, sequential)  # a killed worker costs time, not numbers
+
+
+def test_pool_gives_up_after_the_retries_and_records_why(tmp_path):
+    grid = grid_for(tmp_path, marker=str(tmp_path / "died"), at_step=2, every_time=True)
+    summary = run_grid(grid, tmp_path / "runs", CPU,
+                       executor=DevicePoolExecutor([CPU], retries=1, plugins=(PLUGIN,)))
+    rows = stored(tmp_path / "runs")
+    assert sorted(summary.failed) == sorted(rows) and len(rows) == 2
+    for row in rows.values():
+        assert row.status == "failed" and row.attempts == 2
+        assert "the worker on cpu died (exit code -9), 2 times: gave up" in row.error
+
+
+def test_devices_are_checked():
+    assert parse_devices("cpu,cpu") == [CPU, CPU]
+    gpus = torch.cuda.device_count()
+    with pytest.raises(UserError, match=f"GPU {gpus} does not exist"):
+        parse_devices(f"{gpus}")
+    with pytest.raises(UserError, match="GPU indices or 'cpu'"):
+        parse_devices("cpu,x")
+
+
+# -- Ray --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster of 2 CPUs for the module (starting one takes seconds)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_matches_sequential(tmp_path, sequential, ray_cluster):
+    from bench.ray_executor import RayExecutor
+
+    summary = run_grid(grid_for(tmp_path), tmp_path / "runs", CPU, executor=RayExecutor(plugins=(PLUGIN,)))
+    rows = stored(tmp_path / "runs")
+    assert_same_results(rows, sequential)
+    assert sorted(summary.done) == sorted(rows) and all(row.attempts == 1 for row in rows.values())
+    assert not list((tmp_path / "runs" / "checkpoints").glob(".driver-*"))  # the shared-disk marker is cleaned up
+    assert all((tmp_path / "runs" / "checkpoints" / cell_id / "best.pt").exists() for cell_id in rows)
+
+
+def test_ray_worker_killed_mid_cell_is_retried(tmp_path, sequential, ray_cluster):
+    from bench.ray_executor import RayExecutor
+
+    marker = tmp_path / "died"
+    grid = grid_for(tmp_path, marker=str(marker), at_step=STEPS_PER_EPOCH + 2)
+    summary = run_grid(grid, tmp_path / "runs", CPU, executor=RayExecutor(retries=2, plugins=(PLUGIN,)))
+    assert marker.exists() and not summary.failed
+    rows = stored(tmp_path / "runs")
+    assert sorted(row.attempts for row in rows.values()) == [1, 2]
+    assert_same_results(rows, sequential)
+
+
+def test_ray_gives_up_after_the_retries(tmp_path, ray_cluster):
+    from bench.ray_executor import RayExecutor
+
+    grid = grid_for(tmp_path, marker=str(tmp_path / "died"), at_step=2, every_time=True)
+    summary = run_grid(grid, tmp_path / "runs", CPU, executor=RayExecutor(retries=1, plugins=(PLUGIN,)))
+    rows = stored(tmp_path / "runs")
+    assert sorted(summary.failed) == sorted(rows)
+    for row in rows.values():
+        assert row.status == "failed" and row.attempts == 2 and "after 2 attempts" in row.error
+
+
+# -- bad options ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--devices", "7"], "--devices: GPU 7 does not exist"),
+    (["--executor", "ray", "--address", "127.0.0.1:9"], "--address 127.0.0.1:9: cannot reach a Ray cluster there"),
+    (["--executor", "ray", "--devices", "0"], "--devices is for the local executor"),
+    (["--address", "127.0.0.1:9"], "--address is for --executor ray"),
+])
+def test_bad_options_are_one_line_exit_2_store_untouched(tmp_path, options, message):
+    (tmp_path / "grid.toml").write_text(GRID.replace("ARCH", '{ name = "unet", base_channels = 4, depth = 3 }'))
+    result = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", *options], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: {result.stderr.strip().removeprefix('error: ')}" and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ray_not_installed_says_how_to_install(tmp_path):
+    (tmp_path / "grid.toml").write_text(GRID.replace("ARCH", '{ name = "unet", base_channels = 4, depth = 3 }'))
+    (tmp_path / "ray").mkdir()  # a package named ray that cannot be imported hides the installed one
+    (tmp_path / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    result = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--executor", "ray"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2
+    assert "pip install 'partialseg-bench[ray]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
