@@ -50,11 +50,13 @@ class RichEvents(RunEvents):
             f"  {cell.cell_id}", total=cell.recipe["epochs"], completed=resume_epoch, info="")
 
     def step(self, cell: Cell, step: int, total: int) -> None:
-        self.progress.update(self._cell_tasks[cell.cell_id], info=f"step {step}/{total}")
+        if cell.cell_id in self._cell_tasks:  # a late message of a cell that has ended is dropped
+            self.progress.update(self._cell_tasks[cell.cell_id], info=f"step {step}/{total}")
 
     def epoch_done(self, cell: Cell, record: dict[str, Any]) -> None:
-        self.progress.update(self._cell_tasks[cell.cell_id], completed=record["epoch"],
-                             info=f"loss {_fmt(record['train_loss'])}  mIoU {_fmt(record['miou'])}")
+        if cell.cell_id in self._cell_tasks:
+            self.progress.update(self._cell_tasks[cell.cell_id], completed=record["epoch"],
+                                 info=f"loss {_fmt(record['train_loss'])}  mIoU {_fmt(record['miou'])}")
 
     def _cell_ended(self, cell: Cell, metrics: dict[str, Any] | None) -> None:
         self.results.append((cell, metrics))

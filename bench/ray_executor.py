@@ -126,9 +126,9 @@ class RayExecutor:
                     try:
                         result = self.ray.get(ref)
                     except self.ray.exceptions.RayError as err:  # the worker or node died, every retry
-                        reason = str(err).strip().splitlines()[0]
+                        reason, tries = str(err).strip().splitlines()[0], self.retries + 1
                         result = JobResult(job.cell_id, [], None,
-                                           f"{type(err).__name__} after {self.retries + 1} attempts: {reason}")
+                                           f"{type(err).__name__} (tried {tries} time{'s' * (tries > 1)}): {reason}")
                     forward_messages()
                     recorder.finish(result)
         except KeyboardInterrupt:

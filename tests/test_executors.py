@@ -5,6 +5,8 @@ and leave the store untouched."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -138,18 +140,9 @@ def ray_cluster():
     ray.shutdown()
 
 
-def test_ray_matches_sequential(tmp_path, sequential, ray_cluster):
-    from bench.ray_executor import RayExecutor
-
-    summary = run_grid(grid_for(tmp_path), tmp_path / "runs", CPU, executor=RayExecutor(plugins=(PLUGIN,)))
-    rows = stored(tmp_path / "runs")
-    assert_same_results(rows, sequential)
-    assert sorted(summary.done) == sorted(rows) and all(row.attempts == 1 for row in rows.values())
-    assert not list((tmp_path / "runs" / "checkpoints").glob(".driver-*"))  # the shared-disk marker is cleaned up
-    assert all((tmp_path / "runs" / "checkpoints" / cell_id / "best.pt").exists() for cell_id in rows)
-
-
-def test_ray_worker_killed_mid_cell_is_retried(tmp_path, sequential, ray_cluster):
+def test_ray_matches_sequential_and_retries_a_killed_worker(tmp_path, sequential, ray_cluster):
+    """One cell's worker is killed in its second epoch: Ray starts the task again, it resumes from the checkpoint
+    on the shared disk, and the grid ends with every cell stored once, with the sequential executor's numbers."""
     from bench.ray_executor import RayExecutor
 
     marker = tmp_path / "died"
@@ -157,19 +150,22 @@ def test_ray_worker_killed_mid_cell_is_retried(tmp_path, sequential, ray_cluster
     summary = run_grid(grid, tmp_path / "runs", CPU, executor=RayExecutor(retries=2, plugins=(PLUGIN,)))
     assert marker.exists() and not summary.failed
     rows = stored(tmp_path / "runs")
-    assert sorted(row.attempts for row in rows.values()) == [1, 2]
+    assert sorted(summary.done) == sorted(rows) and sorted(row.attempts for row in rows.values()) == [1, 2]
     assert_same_results(rows, sequential)
+    checkpoints = tmp_path / "runs" / "checkpoints"
+    assert not list(checkpoints.glob(".driver-*"))  # the shared-disk marker is cleaned up
+    assert all((checkpoints / cell_id / "best.pt").exists() for cell_id in rows)
 
 
-def test_ray_gives_up_after_the_retries(tmp_path, ray_cluster):
+def test_ray_records_the_cell_failed_when_its_retries_are_spent(tmp_path, ray_cluster):
     from bench.ray_executor import RayExecutor
 
     grid = grid_for(tmp_path, marker=str(tmp_path / "died"), at_step=2, every_time=True)
-    summary = run_grid(grid, tmp_path / "runs", CPU, executor=RayExecutor(retries=1, plugins=(PLUGIN,)))
+    summary = run_grid(grid, tmp_path / "runs", CPU, executor=RayExecutor(retries=0, plugins=(PLUGIN,)))
     rows = stored(tmp_path / "runs")
-    assert sorted(summary.failed) == sorted(rows)
+    assert sorted(summary.failed) == sorted(rows) and len(rows) == 2
     for row in rows.values():
-        assert row.status == "failed" and row.attempts == 2 and "after 2 attempts" in row.error
+        assert row.status == "failed" and row.attempts == 1 and "(tried 1 time)" in row.error
 
 
 # -- bad options ------------------------------------------------------------------------------------------------------
@@ -197,7 +193,50 @@ def test_ray_not_installed_says_how_to_install(tmp_path):
     (tmp_path / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
     result = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--executor", "ray"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert result.returncode == 2
     assert "pip install 'partialseg-bench[ray]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+# -- one cell over several processes (torchrun --ddp) -----------------------------------------------------------------
+
+DDP_GRID = GRID.replace("ARCH", '{ name = "unet", base_channels = 4, depth = 3 }').replace(
+    "batch_size = 8", 'batch_size = 8\noptimizer = "sgd"\nlr = 0.05\naugment = []\nsync_batchnorm = true')
+
+
+def test_ddp_run_over_two_processes_matches_one_and_writes_each_cell_once(tmp_path):
+    """The same grid through `bench run` and through `torchrun --nproc-per-node 2 -m bench run --ddp` (gloo): every
+    cell stored once, by rank 0, with the metrics of one process (within float rounding: SGD, no augmentation,
+    synchronised BatchNorm)."""
+    (tmp_path / "grid.toml").write_text(DDP_GRID)
+    single = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--out", "one"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "bench", "run",
+                             "--grid", "grid.toml", "--out", "two", "--ddp"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = stored(tmp_path / "one"), stored(tmp_path / "two")
+    assert set(one) == set(two) and len(two) == 2
+    for cell_id, row in two.items():
+        assert row.status == "done" and row.attempts == 1
+        assert len(row.history) == 3
+        for key in ("best_miou", "final_miou", "test_miou"):
+            assert row.metrics[key] == pytest.approx(one[cell_id].metrics[key], abs=0.01), key
+        assert row.history[-1]["train_loss"] == pytest.approx(one[cell_id].history[-1]["train_loss"], rel=2e-3)
+
+
+def test_ddp_without_torchrun_is_one_line(tmp_path):
+    (tmp_path / "grid.toml").write_text(DDP_GRID)
+    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
+    result = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--ddp"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env=environment)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "--ddp needs a process group: launch with torchrun" in result.stderr
     assert not (tmp_path / "runs").exists()
