@@ -145,7 +145,6 @@ class DevicePoolExecutor:
                         worker.inbox.put(worker.job)
                 try:
                     handle(outbox.get(timeout=0.2))
-                    continue
                 except queue.Empty:
                     pass
                 for slot, worker in enumerate(workers):
