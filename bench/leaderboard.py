@@ -50,19 +50,29 @@ def has_test(rows: list[CellRow]) -> bool:
     return any(r.metrics.get("test_miou") is not None for r in rows)
 
 
-def _full_label_key(row: CellRow) -> str:
-    """What a cell shares with its full-label counterpart: everything but the seed, the masker and the fraction."""
+def _full_label_key(row: CellRow, base_loss: bool = False) -> str:
+    """What a cell shares with its full-label counterpart: everything but the seed, the masker and the fraction (and,
+    with ``base_loss``, the loss's regularisers and label)."""
     config = {k: v for k, v in row.config.items() if k not in ("seed", "masker", "fraction")}
+    if base_loss:
+        config["loss"] = {"name": config["loss"]["name"], "kwargs": config["loss"]["kwargs"]}
     return json.dumps(config, sort_keys=True)
 
 
 def full_label_shares(group: list[CellRow], rows: list[CellRow]) -> list[float] | None:
     """Each cell's best mIoU as a share of its full-label counterpart's (the cell with masker ``full`` and everything
-    else equal except the seed): divided seed by seed where that seed ran with full labels, else by their mean. None
-    when the table has no such counterpart."""
+    else equal except the seed): divided seed by seed where that seed ran with full labels, else by their mean.
+
+    A cell whose loss has regularisers is compared with the full-label cell of its loss without them when the table
+    has no full-label cell with them (a term on the unlabelled pixels has nothing to act on when every pixel is
+    labelled, so grids leave that cell out). None when the table has no counterpart at all."""
+    full = [r for r in rows if r.config["masker"]["name"] == "full"]
     key = _full_label_key(group[0])
-    reference = {r.config["seed"]: r.metrics["best_miou"] for r in rows
-                 if r.config["masker"]["name"] == "full" and _full_label_key(r) == key}
+    reference = {r.config["seed"]: r.metrics["best_miou"] for r in full if _full_label_key(r) == key}
+    if not reference:
+        base = _full_label_key(group[0], base_loss=True)
+        reference = {r.config["seed"]: r.metrics["best_miou"] for r in full
+                     if not r.config["loss"].get("regularizers") and _full_label_key(r, base_loss=True) == base}
     if not reference:
         return None
     fallback = statistics.mean(reference.values())

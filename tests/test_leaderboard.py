@@ -133,3 +133,21 @@ def test_share_of_full_label_miou_pairs_seeds_with_their_full_label_cell():
 def test_no_share_column_without_a_full_label_cell():
     (table,) = parse_tables(render([row("unet", 0, 0.5)], store_path="s"))
     assert "% of full-label mIoU" not in table[0]
+
+
+def test_a_regularised_loss_is_compared_with_the_full_label_cell_of_its_base_loss():
+    """Grids leave out full labels + a regulariser (nothing unlabelled to act on): the regularised cells are then
+    shares of the plain loss's full-label cell; a full-label cell with the regulariser, where there is one, wins."""
+    def regularised(cell):
+        cell.config["loss"] = {**cell.config["loss"], "label": "partial_ce + 0.1 * entropy",
+                               "regularizers": [{"name": "entropy", "weight": 0.1, "kwargs": {}}]}
+        return cell
+
+    rows = [with_masker(row("unet", 0, 0.60), "full", 1.0), regularised(row("unet", 0, 0.45))]
+    (table,) = parse_tables(render(rows, store_path="s"))
+    by_loss = {line["loss"]: line for line in table}
+    assert by_loss["partial_ce + 0.1 * entropy"]["% of full-label mIoU"] == f"{100 * 0.45 / 0.60:.1f}"
+    rows.append(regularised(with_masker(row("unet", 0, 0.50), "full", 1.0)))
+    (table,) = parse_tables(render(rows, store_path="s"))
+    shares = {(line["loss"], line["masker"]): line["% of full-label mIoU"] for line in table}
+    assert shares["partial_ce + 0.1 * entropy", "random_pixels"] == f"{100 * 0.45 / 0.50:.1f}"
