@@ -111,9 +111,11 @@ class DevicePoolExecutor:
     queue, resumes from its last checkpoint, and after ``retries`` such deaths is recorded as failed with the reason.
     """
 
-    def __init__(self, devices: list[torch.device], retries: int = 2, plugins: tuple[str, ...] = ()):
+    def __init__(self, devices: list[torch.device], retries: int = 2, plugins: tuple[str, ...] = (),
+                 threads: int | None = None):
+        """``threads``: torch threads per worker; by default the machine's cores shared out among the workers."""
         self.devices, self.retries, self.plugins = devices, retries, plugins
-        self.threads = max(1, (os.cpu_count() or 1) // len(devices))
+        self.threads = threads or max(1, (os.cpu_count() or 1) // len(devices))
         self._context = multiprocessing.get_context("spawn")
 
     def _start(self, slot: int, outbox) -> _Worker:
