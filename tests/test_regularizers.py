@@ -77,8 +77,9 @@ def test_contract_float32_under_half_inputs(reg):
 
 
 def test_bad_arguments_raise_user_error():
-    for name, kwargs in [("entropy", {"rampup": -1}), ("pseudo_label", {"threshold": 1.5}), ("consistency", {"rampup": 2}),
-                         ("gated_crf", {"window": 4}), ("gated_crf", {"sigma_rgb": 0})]:
+    for name, kwargs in [("entropy", {"rampup": -1}), ("pseudo_label", {"threshold": 1.5}),
+                         ("consistency", {"rampup": 2}), ("gated_crf", {"window": 4}),
+                         ("gated_crf", {"sigma_rgb": 0}), ("gated_crf", {"rampup": 1.5})]:
         with pytest.raises(UserError):
             registry.create_regularizer(name, **kwargs)
 
@@ -201,6 +202,15 @@ def test_gated_crf_gradient_flows_and_padding_is_excluded():
                         k = math.exp(-(dy * dy + dx * dx) / (2 * 6.0 ** 2))
                         total += k * (1 - float((p[:, y, x] * p[:, y + dy, x + dx]).sum()))
     assert value.item() == pytest.approx(total / 25, rel=1e-5)
+
+
+def test_gated_crf_ramp_up():
+    image, target = two_colour_image(), torch.full((1, 16, 16), -1)
+    logits = split_logits(16, vertical_edge=False)
+    full = registry.create_regularizer("gated_crf")(logits, target, image, 0.0).item()
+    ramped = registry.create_regularizer("gated_crf", rampup=0.4)
+    for progress, factor in [(0.0, math.exp(-5)), (0.2, math.exp(-5 * 0.25)), (0.4, 1.0), (0.9, 1.0)]:
+        assert ramped(logits, target, image, progress).item() == pytest.approx(factor * full, rel=1e-6)
 
 
 # -- consistency ------------------------------------------------------------------------------------------------------

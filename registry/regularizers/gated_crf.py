@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from registry import register_regularizer
 from registry.errors import UserError
 from registry.losses._common import check_number
+from registry.regularizers._common import check_rampup, sigmoid_rampup
 
 
 class GatedCRF:
@@ -25,9 +26,14 @@ class GatedCRF:
     0..1 scale for channel stds near 0.2 (ImageNet-like). The gate keeps only pairs whose both pixels lie inside the
     tile (the unfold's zero padding is excluded); the pixel itself (``j = i``) is left out. Unlabelled and labelled
     pixels alike take part (the term is a smoothness prior); ``target`` is not used.
+
+    A constant prediction has zero energy: with very few labels the term can pull the model there before the labels
+    have taught it anything. ``rampup`` (a share of training, default 0: none) scales the energy by the sigmoid
+    ramp-up of :mod:`registry.regularizers.entropy`, so that the labels speak first.
     """
 
-    def __init__(self, window: int = 5, sigma_xy: float = 6.0, sigma_rgb: float = 0.5, scale: float = 0.5):
+    def __init__(self, window: int = 5, sigma_xy: float = 6.0, sigma_rgb: float = 0.5, scale: float = 0.5,
+                 rampup: float = 0.0):
         if isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0:
             raise UserError(f"gated_crf: window must be an odd integer >= 3, not {window!r}")
         self.window = window
@@ -36,6 +42,7 @@ class GatedCRF:
         self.scale = check_number("gated_crf", "scale", scale, positive=True)
         if self.scale > 1:
             raise UserError(f"gated_crf: scale must be in (0, 1], not {scale!r}")
+        self.rampup = check_rampup("gated_crf", rampup)
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, images: torch.Tensor,
                  progress: float) -> torch.Tensor:
@@ -59,11 +66,11 @@ class GatedCRF:
         kernel = torch.exp(-d2 / (2 * self.sigma_xy ** 2)
                            - ((rgb_i - rgb_j) ** 2).sum(1) / (2 * self.sigma_rgb ** 2)) * gate
         disagreement = 1.0 - (p_i * p_j).sum(1)
-        return (kernel * disagreement).sum(1).mean()
+        return sigmoid_rampup(progress, self.rampup) * (kernel * disagreement).sum(1).mean()
 
     def __repr__(self) -> str:
         return (f"GatedCRF(window={self.window}, sigma_xy={self.sigma_xy}, sigma_rgb={self.sigma_rgb}, "
-                f"scale={self.scale})")
+                f"scale={self.scale}, rampup={self.rampup})")
 
 
 register_regularizer("gated_crf", test_kwargs={"window": 3, "scale": 1.0})(GatedCRF)
