@@ -246,3 +246,18 @@ def test_ddp_without_torchrun_is_one_line(tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "--ddp needs a process group: launch with torchrun" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_bench_run_on_a_local_ray_cluster_from_the_command_line(tmp_path):
+    """The whole command: a local Ray cluster started for the run and stopped after it, each cell's line saying where
+    it ran, every cell stored once, the leaderboard written."""
+    (tmp_path / "grid.toml").write_text(GRID.replace("ARCH", '{ name = "unet", base_channels = 4, depth = 3 }'))
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--executor", "ray"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("▶") == 2 and "2 cells run, 0 already finished, 0 failed" in result.stdout
+    rows = stored(tmp_path / "runs")
+    assert len(rows) == 2 and all(row.status == "done" and row.attempts == 1 for row in rows.values())
+    assert all(row.provenance["where"].endswith(" cpu") for row in rows.values())
+    assert (tmp_path / "leaderboard.md").exists()
