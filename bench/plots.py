@@ -163,13 +163,8 @@ def label_efficiency_plot(rows: Iterable[CellRow], path: Path) -> Figure:
         ax.set_xlim(decades[0] / 1.3, decades[-1] * 1.3)
     else:
         ax.text(0.5, 0.5, "no partially labelled cells", transform=ax.transAxes, ha="center", va="center")
-    ax.set_xlabel("labelled pixels (% of training pixels, measured; log scale)")
-    ax.set_ylabel("best validation mIoU (mean over seeds)")
-    ax.set_title(_title(rows, "label efficiency"))
-    ax.grid(True, alpha=0.3)
-    _legend_below(figure, ax)
-    _save(figure, path)
-    return figure
+    return _finish(figure, ax, "labelled pixels (% of training pixels, measured; log scale)",
+                   "best validation mIoU (mean over seeds)", _title(rows, "label efficiency"), path)
 
 
 def training_curves_plot(rows: Iterable[CellRow], path: Path) -> Figure:
@@ -195,9 +190,14 @@ def training_curves_plot(rows: Iterable[CellRow], path: Path) -> Figure:
         ax.text(0.5, 0.5, "no epochs recorded", transform=ax.transAxes, ha="center", va="center")
     else:
         ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation mIoU")
-    ax.set_title(_title(rows, "training curves"))
+    return _finish(figure, ax, "epoch", "validation mIoU", _title(rows, "training curves"), path)
+
+
+def _finish(figure: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Figure:
+    """What both plots end with: labels, title, grid, the legend below the axes, the PNG written."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     _legend_below(figure, ax)
     _save(figure, path)

@@ -101,7 +101,7 @@ class RayExecutor:
     def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
         if not jobs:
             return
-        from ray.util.queue import Empty, Queue
+        from ray.util.queue import Queue
 
         marker = self._shared_marker(jobs[0])
         messages = Queue()
@@ -114,7 +114,7 @@ class RayExecutor:
             while True:
                 try:
                     recorder.report(*messages.get_nowait())
-                except (Empty, queue.Empty):
+                except queue.Empty:  # ray.util.queue.Empty is one
                     return
 
         try:
