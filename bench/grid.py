@@ -18,7 +18,9 @@ mistake is reported before anything runs, with the file and line where it stands
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
+import importlib.metadata
 import inspect
 import itertools
 import json
@@ -33,7 +35,8 @@ from typing import Any
 import registry
 from registry.errors import UserError
 
-GRID_DIR = Path(__file__).resolve().parent.parent / "tasks"
+GRID_DIR = Path(__file__).resolve().parent.parent / "tasks"  # a checkout (or an editable install) of the project
+DISTRIBUTION = "partialseg-bench"
 CONFIG_VERSION = 1  # bump when a change to the training code makes old results incomparable
 
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "shift_scale_rotate")
@@ -139,10 +142,10 @@ class Grid:
 
 
 def resolve_grid_path(name_or_path: str) -> Path:
-    """A path to a TOML file, or the name of a grid in ``./tasks`` or in the project's own ``tasks/``."""
+    """A path to a TOML file, or the name of a grid in ``./tasks`` or among the project's own grids."""
     candidates = [Path(name_or_path)]
     if not name_or_path.endswith(".toml"):
-        candidates += [Path("tasks") / f"{name_or_path}.toml", GRID_DIR / f"{name_or_path}.toml"]
+        candidates += [folder / f"{name_or_path}.toml" for folder in grid_dirs()]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -150,8 +153,29 @@ def resolve_grid_path(name_or_path: str) -> Path:
     raise UserError(f"grid not found: {name_or_path} (known grids: {known})")
 
 
+def grid_dirs() -> list[Path]:
+    """Where grids are looked up by name, first match wins: the user's ``./tasks``, then the project's own grids."""
+    folders = (Path("tasks"), GRID_DIR, installed_grid_dir())
+    return [folder for folder in folders if folder is not None and folder.is_dir()]
+
+
+@functools.cache
+def installed_grid_dir() -> Path | None:
+    """The project's grids as a wheel installs them (``<prefix>/share/partialseg-bench/tasks``, see pyproject.toml's
+    data-files): a non-editable install has no ``tasks/`` beside the package. The distribution's file list says
+    where the prefix is, whatever the install scheme (venv, ``--user``, ``--prefix``)."""
+    try:
+        files = importlib.metadata.distribution(DISTRIBUTION).files or ()
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.suffix == ".toml" and file.parent.name == "tasks":
+            return Path(file.locate()).resolve().parent
+    return None
+
+
 def list_grids() -> list[str]:
-    return sorted({p.stem for folder in (Path("tasks"), GRID_DIR) if folder.is_dir() for p in folder.glob("*.toml")})
+    return sorted({p.stem for folder in grid_dirs() for p in folder.glob("*.toml")})
 
 
 def load_grid(name_or_path: str, epochs: int | None = None, overrides: Sequence[str] = (),

@@ -1,0 +1,35 @@
+"""The project as a wheel installs it, without the checkout beside it: the shipped grids must still be found."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from bench.grid import GRID_DIR
+
+PROJECT = GRID_DIR.parent
+
+
+def test_a_wheel_install_finds_the_shipped_grids(tmp_path):
+    wheels, prefix, elsewhere = tmp_path / "wheels", tmp_path / "prefix", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    # No build isolation and no dependencies: nothing is downloaded, the test venv's setuptools builds the wheel.
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(PROJECT)],
+                   check=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("*.whl")
+    subprocess.run(pip + ["install", "--no-deps", "--prefix", str(prefix), str(wheel)], check=True, cwd=tmp_path)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
+    # The wheel's packages come first on the path, so neither the checkout nor its editable install is seen.
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = ("import bench.grid as g; print(g.__file__); print(g.resolve_grid_path('default')); "
+             "print(' '.join(g.list_grids()))")
+    lines = subprocess.run([sys.executable, "-c", probe], check=True, cwd=elsewhere, env=env,
+                           capture_output=True, text=True).stdout.splitlines()
+    module, default, grids = Path(lines[0]), Path(lines[1]), set(lines[2].split())
+    assert module.is_relative_to(site)
+    assert default.is_relative_to(prefix) and default.read_bytes() == (GRID_DIR / "default.toml").read_bytes()
+    assert grids == {p.stem for p in GRID_DIR.glob("*.toml")}
