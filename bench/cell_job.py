@@ -99,9 +99,11 @@ def import_plugins(plugins: tuple[str, ...]) -> None:
             registry.import_plugin_module(module)
 
 
-def run_job(job: CellJob, device: torch.device, report: Report) -> JobResult:
-    """Train the job's cell on ``device``; a failure of the cell becomes a result with its error, not an exception
-    (only an interruption propagates)."""
+def run_job(job: CellJob, device: torch.device, report: Report,
+            recoverable: Callable[[Exception], bool] = lambda err: True) -> JobResult:
+    """Train the job's cell on ``device``; a failure of the cell becomes a result with its error, not an exception.
+    An interruption propagates, and so does an error that ``recoverable`` refuses (under torchrun, one that the other
+    ranks do not share: see :func:`bench.executors.raised_by_every_rank`)."""
     import_plugins(job.plugins)
     cell = job.cell
     shared = job.shared_marker is None or (job.checkpoint_root / job.shared_marker).exists()
@@ -114,6 +116,8 @@ def run_job(job: CellJob, device: torch.device, report: Report) -> JobResult:
             on_epoch=lambda history: report(cell.cell_id, "epoch", {"history": history}),
             on_step=lambda step, total: report(cell.cell_id, "step", {"step": step, "total": total}))
     except Exception as err:  # one broken cell must not stop the grid: the driver records why, and goes on
+        if not recoverable(err):
+            raise
         return JobResult(cell.cell_id, [], None, f"{type(err).__name__}: {err}", traceback.format_exc())
     best = None if shared else (checkpoint_dir / "best.pt").read_bytes()
     return JobResult(cell.cell_id, history, metrics, best_checkpoint=best)

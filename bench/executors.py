@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import queue
 import time
+import traceback
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from bench import distributed
 from bench.cell_job import CellJob, JobResult, Report, run_job
 from bench.grid import Grid
+from bench.train import TrainingDiverged
 from registry.errors import UserError
 
 if TYPE_CHECKING:
@@ -186,24 +188,46 @@ def _drain(outbox) -> list:
             return messages
 
 
+def raised_by_every_rank(err: Exception) -> bool:
+    """Whether, under ``--ddp``, every rank raises ``err`` at the same point, so that all of them can record the cell
+    failed and go on to the next one together: a check before training (``UserError``: the ranks hold the same data
+    and recipe) or a diverged loss (tested after the ranks averaged it). Any other error may be this rank's alone (out
+    of memory, a broken tile in its share) while the others wait for it in a collective: then this process stops, and
+    torchrun stops the others."""
+    return isinstance(err, (UserError, TrainingDiverged))
+
+
 class DistributedExecutor:
     """``bench run --ddp`` under torchrun: every cell trained by all the processes together (DistributedDataParallel).
 
     Rank 0 is the driver: it alone holds the output folder, reads and writes the store, and announces the cells to
     train; the other ranks (:func:`follow`) receive that list and train the same cells in the same order, writing
     nothing. Rank 0 always announces, an empty list when it stops before training, so that no rank waits forever.
+    An error that only some ranks may have raised stops the process (:func:`raised_by_every_rank`); rank 0 records
+    the cell failed first, and a rerun retries it.
     """
 
     def __init__(self, device: torch.device, plugins: tuple[str, ...] = ()):
         self.device, self.plugins = device, plugins
         self._announced = False
+        self._peers_may_wait = False  # set when this rank stopped in the middle of a cell
 
     def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
         self._announce([job.cell_id for job in jobs])
         for job in jobs:
-            recorder.finish(run_job(job, self.device, recorder.report))
+            try:
+                result = run_job(job, self.device, recorder.report, raised_by_every_rank)
+            except Exception as err:
+                self._peers_may_wait = True
+                recorder.finish(JobResult(job.cell_id, [], None,
+                                          f"{type(err).__name__} on rank 0: {err}; the process group was stopped",
+                                          traceback.format_exc()))
+                raise
+            recorder.finish(result)
 
     def shutdown(self) -> None:
+        if self._peers_may_wait:  # a collective would wait for them forever: torchrun ends the processes instead
+            return
         if not self._announced:
             self._announce([])
         distributed.close_process_group()
@@ -214,12 +238,12 @@ class DistributedExecutor:
 
 
 def follow(grid: Grid, out_dir: Path, device: torch.device, plugins: tuple[str, ...] = ()) -> None:
-    """The part of a rank other than 0 in ``bench run --ddp``: train the cells rank 0 announces; record nothing."""
+    """The part of a rank other than 0 in ``bench run --ddp``: train the cells rank 0 announces; record nothing.
+    An error of this rank's alone propagates and ends the process (the group is left as it is: torchrun stops the
+    other ranks, which may be waiting for this one in a collective)."""
     announced = [None]
     torch.distributed.broadcast_object_list(announced, src=0)
     checkpoint_root = (out_dir / "checkpoints").resolve()
-    try:
-        for cell_id in announced[0]:
-            run_job(CellJob(grid, cell_id, checkpoint_root, plugins), device, lambda *message: None)
-    finally:
-        distributed.close_process_group()
+    for cell_id in announced[0]:
+        run_job(CellJob(grid, cell_id, checkpoint_root, plugins), device, lambda *message: None, raised_by_every_rank)
+    distributed.close_process_group()

@@ -238,6 +238,39 @@ def test_ddp_run_over_two_processes_matches_one_and_writes_each_cell_once(tmp_pa
         assert row.history[-1]["train_loss"] == pytest.approx(one[cell_id].history[-1]["train_loss"], rel=2e-3)
 
 
+def torchrun(tmp_path: Path, *arguments: str, timeout: int) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "bench", *arguments],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_ddp_error_on_one_rank_stops_every_rank_and_a_rerun_resumes(tmp_path, failing_rank):
+    """A rank that fails alone (here, the forward raises on one rank in epoch 2) must not leave the other waiting in a
+    collective, nor let it go on to the next cell: every process stops, torchrun exits non-zero, the cell's epoch 1 is
+    kept, and the same command run again (the failure happened once) resumes from there and finishes the grid."""
+    marker = tmp_path / "failed-once"
+    grid_for(tmp_path, marker=str(marker), at_step=STEPS_PER_EPOCH + 2, raise_on_rank=failing_rank)
+    command = ("run", "--grid", "grid.toml", "--plugin", PLUGIN, "--ddp")
+    failed = torchrun(tmp_path, *command, timeout=180)  # a hang would end here, in a TimeoutExpired
+    assert failed.returncode != 0 and marker.exists()
+    assert f"rank {failing_rank} alone failed at step {STEPS_PER_EPOCH + 2}" in failed.stderr
+    (first,) = stored(tmp_path / "runs").values()  # the second cell never started
+    assert first.status != "done" and [h["epoch"] for h in first.history] == [1]
+    if failing_rank == 0:
+        assert first.status == "failed" and "the process group was stopped" in first.error
+
+    resumed = torchrun(tmp_path, *command, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = stored(tmp_path / "runs")
+    assert len(rows) == 2 and all(row.status == "done" and len(row.history) == 3 for row in rows.values())
+    assert rows[first.cell_id].history[0] == first.history[0] and rows[first.cell_id].history[1]["resumed"]
+
+
 def test_ddp_without_torchrun_is_one_line(tmp_path):
     (tmp_path / "grid.toml").write_text(DDP_GRID)
     environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}

@@ -10,6 +10,8 @@ import json
 import logging
 import shutil
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from registry.datasets.image_files import read_tiff
 from registry.datasets.landcoverai import SPLITS, prepare, read_split_ids, tile_grid
 from registry.datasets.tile_cache import MANIFEST, PROGRESS
 from registry.errors import UserError
+from registry.locks import folder_lock
 
 
 def split_py_tiles(name: str, image: np.ndarray) -> list[tuple[str, int, int]]:
@@ -162,6 +165,34 @@ def test_a_changed_source_file_is_prepared_again(landcoverai_archive, tmp_path):
             if tile_id.startswith("M-33-22-"):
                 assert (masks[index] == 3).all()
     assert prepare(root, size=64).manifest == cache.manifest  # and now it is complete: opened, not redone
+
+
+def test_a_cache_another_process_prepares_is_waited_for_then_opened(landcoverai_archive, tmp_path, capfd):
+    """Two cells starting on one machine at once both find the cache missing: the second waits for the first's lock
+    (saying so), then opens the cache the first completed instead of failing or writing it again."""
+    root, _ = landcoverai_archive
+    complete = prepare(root, size=64, cache_dir=tmp_path / "elsewhere")
+    [source] = cache_folders(tmp_path / "elsewhere")
+    folder = tmp_path / "cache" / source.name
+    written, opened = [], []
+    with folder_lock(folder, "held by the test"):  # the first process, in the middle of its preparation
+        waiter = threading.Thread(target=lambda: opened.append(
+            prepare(root, size=64, cache_dir=tmp_path / "cache", progress=lambda *done: written.append(done))))
+        waiter.start()
+        for _ in range(200):
+            if "another process is preparing this cache; waiting for it" in capfd.readouterr().err:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("prepare did not say it waits")
+        assert waiter.is_alive() and not opened
+        for path in sorted(source.glob("*"), key=lambda p: p.name == MANIFEST):  # the manifest last, as a writer does
+            shutil.copy(path, folder / path.name)
+    waiter.join(timeout=30)
+    assert not written and opened[0].manifest == complete.manifest
+    for split in SPLITS:
+        for ours, theirs in zip(opened[0].split(split), complete.split(split)):
+            assert np.array_equal(ours, theirs)
 
 
 # -- bad input: one line naming the path, exit code 2, no cache claiming to be complete -------------------------------

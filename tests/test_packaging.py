@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -11,17 +12,23 @@ from pathlib import Path
 from bench.grid import GRID_DIR
 
 PROJECT = GRID_DIR.parent
+SHIPPED = {"pyproject.toml", "README.md", "bench", "registry", "tasks"}
 
 
 def test_a_wheel_install_finds_the_shipped_grids(tmp_path):
-    wheels, prefix, elsewhere = tmp_path / "wheels", tmp_path / "prefix", tmp_path / "elsewhere"
+    source, wheels, prefix, elsewhere = (tmp_path / name for name in ("source", "wheels", "prefix", "elsewhere"))
     elsewhere.mkdir()
+    # A copy of what the wheel is built from: a build writes its build/ and egg-info beside the sources.
+    shutil.copytree(PROJECT, source, ignore=lambda folder, names: [n for n in names if n not in SHIPPED]
+                    if Path(folder) == PROJECT else ["__pycache__"])
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     # No build isolation and no dependencies: nothing is downloaded, the test venv's setuptools builds the wheel.
-    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(PROJECT)],
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
                    check=True, cwd=tmp_path)
     (wheel,) = wheels.glob("*.whl")
-    subprocess.run(pip + ["install", "--no-deps", "--prefix", str(prefix), str(wheel)], check=True, cwd=tmp_path)
+    # --ignore-installed: the install beside this test's own, which pip would otherwise uninstall first.
+    subprocess.run(pip + ["install", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel)],
+                   check=True, cwd=tmp_path)
     site = Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
     # The wheel's packages come first on the path, so neither the checkout nor its editable install is seen.
     env = {**os.environ, "PYTHONPATH": str(site)}

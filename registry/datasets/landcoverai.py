@@ -265,7 +265,10 @@ def prepare(root: str | Path | None = None, size: int = 384, layout: str = "auto
     if cache is not None:
         return cache
 
-    with TileCacheWriter(folder, plan) as writer:
+    with TileCacheWriter(folder, plan) as writer:  # waits while another process prepares this cache...
+        cache = TileCache.open_complete(folder, plan, fingerprints)  # ...which it may have completed
+        if cache is not None:
+            return cache
         todo = [unit for unit in units if writer.needs(unit.key, fingerprints[unit.key])]
         writer.invalidate()
         total, done = sum(len(unit.tiles) for unit in todo), 0

@@ -85,7 +85,10 @@ class TileCacheWriter:
         self.folder = Path(folder)
         self.plan = plan
         self._files: dict[tuple[str, str], tuple[int, int]] = {}  # (split, kind) -> (fd, data offset)
-        self._lock = folder_lock(self.folder, f"{self.folder}: another process is preparing this cache; wait for it")
+        # Another process preparing the same cache (two cells starting on one machine) is waited for: it may
+        # complete the cache, which the caller then only opens (see TileCacheWriter.__enter__'s users).
+        self._lock = folder_lock(self.folder, f"{self.folder}: another process is preparing this cache; waiting for it",
+                                 wait=True)
 
     def __enter__(self) -> TileCacheWriter:
         self._lock.__enter__()
