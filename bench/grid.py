@@ -3,7 +3,9 @@
 A grid expands into cells, one per combination of architecture x loss x masker x label fraction x seed. Everything a
 cell needs to be rerun is in its ``config``; the hash of that config is the cell's identity in the results store.
 The dataset's location (``root``, ``cache_dir``) says where the data is, not what it is: it is passed to the dataset's
-builder but kept out of the config, so moving the data does not orphan finished results.
+builder but kept out of the config, so moving the data does not orphan finished results. Likewise a file argument of
+an architecture, loss or masker (a name ending in ``_path``, as ``pretrained_path``) is passed as an absolute path but
+enters the config as its content's SHA-256: the cell is the same wherever the file is, and new weights are new cells.
 
 A loss on the losses axis may carry regularisers, terms on the unlabelled pixels from ``registry.REGULARIZERS``: an
 expression ``"partial_ce + 0.1 * entropy + gated_crf"`` (one loss, then ``+ weight * name`` terms; no weight means 1)
@@ -69,6 +71,7 @@ TOP_KEYS = {"description", "dataset", "axes", "recipe"}
 AXIS_KEYS = {"archs", "losses", "maskers", "fractions", "seeds", "include", "exclude"}
 FILTER_KEYS = {"arch", "loss", "masker", "fraction", "seed"}
 LOCATION_KEYS = ("root", "cache_dir")  # dataset keyword arguments that say where the data is, not what it is
+FILE_SUFFIX = "_path"  # an architecture's, loss's or masker's argument ending so names a file (pretrained_path)
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _BARE_WORD = re.compile(r"^[^\s\[\]{}\"'=#,]+$")  # taken as a string when it is not a TOML value: adamw, /data/x
 
@@ -84,12 +87,32 @@ class Component:
     label: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     regularizers: tuple[dict[str, Any], ...] = ()
+    files: dict[str, str] = field(default_factory=dict)  # file arguments (FILE_SUFFIX): name -> absolute path
+
+    @property
+    def build_kwargs(self) -> dict[str, Any]:
+        """What the builder is called with: the keyword arguments and the file arguments' paths."""
+        return {**self.kwargs, **self.files}
 
     def as_config(self) -> dict[str, Any]:
-        config = {"name": self.name, "label": self.label, "kwargs": self.kwargs}
+        """The identity: a file argument counts by its content (``sha256:...``), not by where the file is."""
+        kwargs = {**self.kwargs, **{name: f"sha256:{file_digest(path)[:16]}" for name, path in self.files.items()}}
+        config = {"name": self.name, "label": self.label, "kwargs": kwargs}
         if self.regularizers:
             config["regularizers"] = [dict(r) for r in self.regularizers]
         return config
+
+
+def file_digest(path: str) -> str:
+    """The SHA-256 of a file's content, computed once per version of the file (its size and modification time)."""
+    stat = Path(path).stat()
+    return _digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -355,7 +378,23 @@ def _component(spec: Any, kind: str, reg: registry.Registry, where: _Locator, ke
     except ValueError:  # no inspectable signature: the builder will say
         pass
     label = str(spec.get("label", name))
-    return Component(name, label, kwargs)
+    if kind == "dataset":  # its paths are locations (LOCATION_KEYS): see _dataset
+        return Component(name, label, kwargs)
+    files = {k: _file_argument(k, v, where, key) for k, v in kwargs.items()
+             if k.endswith(FILE_SUFFIX) and v is not None}
+    return Component(name, label, {k: v for k, v in kwargs.items() if k not in files}, files=files)
+
+
+def _file_argument(name: str, value: Any, where: _Locator, key: str) -> str:
+    """A file argument as an absolute path, a relative one taken from the grid file's folder (from the current folder
+    when the command line set it), ``~`` expanded; the file must exist: its content is part of the cell's identity."""
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise where.error(f"{name} must be a path to a file, not {value!r}", name, key=key)
+    base = Path.cwd() if where.origin(key) else where.path.parent
+    path = (base / Path(value).expanduser()).resolve()
+    if not path.is_file():
+        raise where.error(f"{name} {str(value)!r}: no such file ({path})", name, key=key)
+    return str(path)
 
 
 def _dataset(spec: Any, where: _Locator) -> tuple[Component, dict[str, str]]:

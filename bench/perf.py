@@ -99,7 +99,7 @@ def time_training(batches, train_step: Callable, config: PerfConfig, device: tor
 
 def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak_tflops: float) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = registry.create_arch(arch.name, num_classes=NUM_CLASSES, in_chans=3, **arch.kwargs).to(device)
+    model = registry.create_arch(arch.name, num_classes=NUM_CLASSES, in_chans=3, **arch.build_kwargs).to(device)
     model = model.to(memory_format=torch.channels_last)  # as bench.train does
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -148,7 +148,7 @@ def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak
                 eval_times.append(clock(device) - started)
     achieved = flops / device_path["step_seconds"] / 1e12
     return {
-        "arch": arch.label, "kwargs": arch.kwargs, "params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
+        "arch": arch.label, "kwargs": arch.build_kwargs, "params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflop_per_image": flops / config.batch_size / 1e9, "device_path": device_path, "loader_path": loader_path,
         "device_over_loader": loader_path["step_seconds"] / device_path["step_seconds"],
         "achieved_tflops": achieved, "mfu": achieved / peak_tflops,

@@ -63,11 +63,11 @@ def build_without_weights(arch: Component, num_classes: int, in_chans: int) -> t
     builder that cannot work there (one that loads weights, say) is built on the CPU instead."""
     try:
         with torch.device("meta"):
-            return registry.create_arch(arch.name, num_classes=num_classes, in_chans=in_chans, **arch.kwargs)
+            return registry.create_arch(arch.name, num_classes=num_classes, in_chans=in_chans, **arch.build_kwargs)
     except UserError:
         raise
     except Exception:
-        return registry.create_arch(arch.name, num_classes=num_classes, in_chans=in_chans, **arch.kwargs)
+        return registry.create_arch(arch.name, num_classes=num_classes, in_chans=in_chans, **arch.build_kwargs)
 
 
 def check_cells(grid: Grid, data: GridData) -> None:

@@ -190,7 +190,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         device = distributed.rank_device(device)
     torch.manual_seed(cell.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's as well)
     model = registry.create_arch(cell.arch.name, num_classes=data.num_classes, in_chans=data.train_images.shape[-1],
-                                 **cell.arch.kwargs).to(device)
+                                 **cell.arch.build_kwargs).to(device)
     # Channels-last suits both cuDNN's tensor-core kernels and oneDNN's CPU convolutions (1.5x faster at 64 px).
     model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":

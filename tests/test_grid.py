@@ -144,6 +144,43 @@ def test_shipped_grids_include_smoke_and_default():
     assert {"smoke", "default"} <= set(list_grids())
 
 
+# -- file arguments (pretrained_path): a location, identified by content ---------------------------------------------
+
+TIMM = BASE.replace('archs = [{name = "unet", base_channels = 4, depth = 3}, "unetplusplus"]',
+                    'archs = [{name = "tu-resnet10t", pretrained = true, pretrained_path = "WEIGHTS"}]')
+
+
+def timm_grid(folder: Path, weights: str, **kw):
+    path = folder / "grid.toml"
+    text = TIMM.replace("WEIGHTS", weights)
+    path.write_text(text)
+    return parse_grid(text, path, **kw)
+
+
+def test_a_weights_file_counts_by_its_content_not_its_path(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "weights.pt").write_bytes(b"the same weights")
+    (tmp_path / "b.pt").write_bytes(b"the same weights")
+    first = timm_grid(tmp_path, "a/weights.pt")  # relative to the grid file's folder
+    arch = first.cells[0].arch
+    assert arch.build_kwargs["pretrained_path"] == str(tmp_path / "a" / "weights.pt") and arch.kwargs["pretrained"]
+    assert first.cells[0].config["arch"]["kwargs"]["pretrained_path"].startswith("sha256:")
+    assert cell_ids(timm_grid(tmp_path, str(tmp_path / "b.pt"))) == cell_ids(first)  # moved: the same cells
+    (tmp_path / "b.pt").write_bytes(b"other weights")
+    assert set(cell_ids(timm_grid(tmp_path, "b.pt"))).isdisjoint(cell_ids(first))  # new content: new cells
+    monkeypatch.chdir(tmp_path / "a")  # from the command line, a relative path is taken from the current folder
+    overridden = timm_grid(tmp_path, "b.pt", overrides=[
+        'axes.archs=[{name = "tu-resnet10t", pretrained = true, pretrained_path = "weights.pt"}]'])
+    assert cell_ids(overridden) == cell_ids(first)
+
+
+def test_a_missing_weights_file_is_named_with_its_line(tmp_path):
+    with pytest.raises(UserError, match=r"grid.toml line 10: pretrained_path 'nope.pt': no such file \(/"):
+        timm_grid(tmp_path, "nope.pt")
+    with pytest.raises(UserError, match=r"--set axes.archs=.*: pretrained_path 'gone.pt': no such file"):
+        timm_grid(tmp_path, "nope.pt", overrides=['axes.archs=[{name = "tu-resnet10t", pretrained_path = "gone.pt"}]'])
+
+
 # -- overrides (bench run --set KEY=VALUE) ----------------------------------------------------------------------------
 
 
