@@ -86,11 +86,11 @@ def check_cells(grid: Grid, data: GridData) -> None:
                             f"{model.size_divisor}, but {grid.dataset.name!r} tiles are {height}x{width}")
     for loss in {cell.loss.label: cell.loss for cell in grid.cells}.values():
         registry.create_loss(loss.name, **loss.kwargs, weight=weights)
-    for masker in {cell.masker.label: cell.masker for cell in grid.cells}.values():
+    for masker, fraction in {(c.masker.label, c.fraction): (c.masker, c.fraction) for c in grid.cells}.values():
         check = getattr(registry.create_masker(masker.name, **masker.kwargs), "check", None)
-        if check is not None:  # optional: refuses parameters a tile of this size cannot honour
+        if check is not None:  # optional: refuses parameters or a fraction a tile of this size cannot honour
             try:
-                check(height, width)
+                check(height, width, fraction)
             except UserError as err:
                 raise UserError(f"{grid.path}: {err}") from None
 

@@ -54,9 +54,10 @@ An entry is a builder ``(**kw) -> masker`` where ``masker(full_mask[H, W], fract
 ``torch.Generator``. The partial mask is int64, of the same shape, equal to ``full_mask`` where labelled and ``-1``
 elsewhere, and depends only on its inputs and the generator's state (the same seed gives the same pixels). The masker
 has a bool attribute ``uses_fraction``; when it is false the fraction is ignored and a grid runs it once, at 1.0.
-A masker may have a method ``check(height, width)`` that raises :class:`UserError` when its parameters cannot be
-honoured on tiles of that size (more points than a tile has pixels, a block larger than the tile); the harness calls
-it for every masker of a grid before anything is trained. Parameters that are wrong whatever the tile (zero,
+A masker may have a method ``check(height, width, fraction)`` that raises :class:`UserError` when its parameters, or
+that fraction, cannot be honoured on tiles of that size (more points than a tile has pixels, a block larger than the
+tile, a fraction that keeps no pixel); the harness calls it for every masker and fraction of a grid (1.0 for a masker
+that ignores the fraction) before anything is trained. Parameters that are wrong whatever the tile (zero,
 negative, of the wrong type) raise :class:`UserError` when the masker is built.
 """
 

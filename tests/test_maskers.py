@@ -59,6 +59,19 @@ def test_random_pixels_keeps_exactly_round_fraction_of_pixels(fraction):
     assert int((partial >= 0).sum()) == round(fraction * 64 * 48)
 
 
+@pytest.mark.parametrize("shape", [(64, 48), (32, 32), (7, 5)])
+def test_random_pixels_check_refuses_exactly_the_fractions_that_keep_no_pixel(shape):
+    masker, pixels = registry.create_masker("random_pixels"), shape[0] * shape[1]
+    for fraction in (0.3 / pixels, 0.5 / pixels, 0.51 / pixels, 1 / pixels, 1.49 / pixels, 0.01, 1.0):
+        keeps = int((masker(full_mask(shape=shape), fraction, tile_generator(0, 0)) >= 0).sum())
+        if keeps:
+            masker.check(*shape, fraction)
+        else:
+            with pytest.raises(registry.UserError, match="rounds to none: no label to train on"):
+                masker.check(*shape, fraction)
+    assert keeps and (masker(full_mask(shape=shape), 0.5 / pixels, tile_generator(0, 0)) < 0).all()
+
+
 def test_random_pixels_differ_between_tiles_and_seeds():
     masker = registry.create_masker("random_pixels")
     full = full_mask(shape=(64, 64))

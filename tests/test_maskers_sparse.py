@@ -329,6 +329,18 @@ def test_the_harness_calls_check_with_the_tile_size():
         check_cells(grid, GridData(grid))
 
 
+def test_the_harness_calls_check_with_every_fraction():
+    """random_pixels at 0.01 % of a 32x32 tile would keep round(0.1) = 0 pixels: refused, naming that fraction, though
+    another fraction of the grid is fine."""
+    text = GRID.replace("count = 5000", "count = 4").replace("[recipe]", "fractions = [0.5, 0.0001]\n\n[recipe]")
+    grid = parse_grid(text, Path("tiny.toml"))
+    with pytest.raises(UserError, match=r"^tiny.toml: masker 'random_pixels': 0.01 % of a 32x32 tile is 0.102 "
+                                        r"pixels, which rounds to none"):
+        check_cells(grid, GridData(grid))
+    grid = parse_grid(text.replace("0.0001", "0.001"), Path("fine.toml"))
+    check_cells(grid, GridData(grid))  # 0.1 % is 1.02 pixels: one kept
+
+
 
 def test_depths_are_exact_square_roots_of_whole_numbers():
     """cv2's float32 distances can differ in their last bit from one process to the next (with the buffers'

@@ -3,8 +3,8 @@
 Parameters that are wrong whatever the tile (zero, negative, of the wrong type) raise :class:`UserError` when the
 masker is built, so that a grid naming them fails while it is read, with its line. Parameters that only a tile size
 can refuse (more points than pixels, a block larger than the tile) are refused by the masker's ``check(height,
-width)``, which the harness calls before training (the point, block and scribble maskers also refuse such a tile
-when they are handed one).
+width, fraction)``, which the harness calls before training (the point, block and scribble maskers also refuse such a
+tile when they are handed one).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from registry import register_masker
+from registry.errors import UserError
 
 UNLABELLED = -1
 
@@ -29,6 +30,14 @@ class RandomPixels:
     """
 
     uses_fraction = True
+
+    def check(self, height: int, width: int, fraction: float = 1.0) -> None:
+        """A fraction that rounds to no pixel of a tile would train on no label at all: refused."""
+        if round(fraction * height * width) == 0:
+            raise UserError(f"masker 'random_pixels': {100 * fraction:.4g} % of a {height}x{width} tile is "
+                            f"{fraction * height * width:.3g} pixels, which rounds to none: no label to train on "
+                            f"(a fraction above {100 * 0.5 / (height * width):.3g} % keeps one; "
+                            f"or use points_per_image)")
 
     def __call__(self, full_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
         if not 0.0 < fraction <= 1.0:

@@ -27,7 +27,7 @@ class PointsPerImage:
     def __init__(self, count: int = 20):
         self.count = positive_int("points_per_image", "count", count)
 
-    def check(self, height: int, width: int) -> None:
+    def check(self, height: int, width: int, fraction: float = 1.0) -> None:
         if self.count > height * width:
             raise UserError(f"masker 'points_per_image': count {self.count} is more than the {height * width} "
                             f"pixels of a {height}x{width} tile")
@@ -62,7 +62,7 @@ class PointsPerClass:
         self.k = positive_int("points_per_class", "k", k)
         self.min_distance = non_negative_number("points_per_class", "min_distance", min_distance)
 
-    def check(self, height: int, width: int) -> None:
+    def check(self, height: int, width: int, fraction: float = 1.0) -> None:
         if self.k > height * width:
             raise UserError(f"masker 'points_per_class': k {self.k} is more than the {height * width} pixels of a "
                             f"{height}x{width} tile")

@@ -33,7 +33,7 @@ class Blocks:
     def __init__(self, size: int = 16):
         self.size = positive_int("blocks", "size", size)
 
-    def check(self, height: int, width: int) -> None:
+    def check(self, height: int, width: int, fraction: float = 1.0) -> None:
         if self.size > min(height, width):
             raise UserError(f"masker 'blocks': size {self.size} is larger than a {height}x{width} tile")
 
@@ -89,7 +89,7 @@ class Eroded:
         dy, dx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
         self._disc = (dy * dy + dx * dx <= radius * radius).astype(np.uint8)
 
-    def check(self, height: int, width: int) -> None:
+    def check(self, height: int, width: int, fraction: float = 1.0) -> None:
         if self.width >= math.hypot(height - 1, width - 1):
             raise UserError(f"masker 'eroded': width {self.width} reaches across a {height}x{width} tile, so no "
                             f"pixel of a tile with two classes would keep its label")

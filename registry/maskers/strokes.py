@@ -75,7 +75,7 @@ class Scribbles:
         self.width = positive_int("scribbles", "width", width)
         self.min_area = positive_int("scribbles", "min_area", min_area)
 
-    def check(self, height: int, width: int) -> None:
+    def check(self, height: int, width: int, fraction: float = 1.0) -> None:
         if self.width > min(height, width):
             raise UserError(f"masker 'scribbles': width {self.width} is wider than a {height}x{width} tile")
         if self.min_area > height * width:
