@@ -80,21 +80,31 @@ def full_label_levels(rows: Iterable[CellRow]) -> dict[str, tuple[float, float]]
     return {label: _mean_std(levels[label]) for label in sorted(levels)}
 
 
-def curve_label(row: CellRow) -> str:
-    """A cell in the training-curves plot: architecture · loss · masker · labelled % · seed."""
-    fraction = 100 * (row.metrics or {}).get("labelled_fraction", row.config["fraction"])
-    return f"{efficiency_label(row)}{SEP}{fraction:.3g} %{SEP}seed {row.config['seed']}"
-
-
-def curve_series(rows: Iterable[CellRow]) -> dict[str, list[tuple[int, float]]]:
-    """``{cell label: [(epoch, validation mIoU), ...]}``, epochs sorted, epochs without an mIoU left out; cells
-    without any epoch left out; lines sorted by label."""
-    series = {}
+def curve_series(rows: Iterable[CellRow]) -> dict[str, dict[str, list[tuple[int, float, float, float]]]]:
+    """``{architecture · loss: {masker · labelled %: [(epoch, mean, min, max), ...]}}``: the validation mIoU of each
+    epoch over the seeds of a configuration (same masker, same configured fraction), with their lowest and highest.
+    The labelled % is the mean measured one, and ``(N seeds)`` is added when there are several. An epoch counts the
+    seeds that reached it and scored it; cells without any epoch are left out. Panels, lines and epochs sorted."""
+    groups: dict[str, dict[tuple[str, float], list[CellRow]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        points = sorted((h["epoch"], h["miou"]) for h in row.history or [] if h.get("miou") is not None)
-        if points:
-            series[curve_label(row)] = points
-    return dict(sorted(series.items()))
+        if any(h.get("miou") is not None for h in row.history or []):
+            groups[_arch_loss(row)][(row.config["masker"]["label"], row.config["fraction"])].append(row)
+    series = {}
+    for panel in sorted(groups):
+        lines = {}
+        for (masker, _), group in groups[panel].items():
+            fraction = statistics.mean(100 * (r.metrics or {}).get("labelled_fraction", r.config["fraction"])
+                                       for r in group)
+            seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
+            by_epoch: dict[int, list[float]] = defaultdict(list)
+            for r in group:
+                for h in r.history:
+                    if h.get("miou") is not None:
+                        by_epoch[h["epoch"]].append(h["miou"])
+            lines[f"{masker}{SEP}{fraction:.3g} %{seeds}"] = [
+                (epoch, statistics.mean(values), min(values), max(values)) for epoch, values in sorted(by_epoch.items())]
+        series[panel] = dict(sorted(lines.items()))
+    return series
 
 
 def _title(rows: list[CellRow], what: str) -> str:
@@ -167,34 +177,54 @@ def label_efficiency_plot(rows: Iterable[CellRow], path: Path) -> Figure:
                    "best validation mIoU (mean over seeds)", _title(rows, "label efficiency"), path)
 
 
+PANEL_HEIGHT = 3.2  # inches per architecture · loss panel of the training curves
+
+
 def training_curves_plot(rows: Iterable[CellRow], path: Path) -> Figure:
-    """Validation mIoU per epoch, one line per cell: colour by architecture · loss, line style by masker and
-    fraction, marker by seed. Returns the figure (for tests to inspect)."""
+    """Validation mIoU per epoch, one panel per architecture · loss (shared axes), one line per masker · labelled %
+    in it: the mean over seeds, with the band from their lowest to their highest. A masker keeps its colour in every
+    panel, its fractions are told apart by the line style; one legend below the panels. Returns the figure (for
+    tests to inspect)."""
     rows = list(rows)
-    by_label = {curve_label(r): r for r in rows}
     series = curve_series(rows)
-    figure = _new_figure(len(series))
-    ax = figure.add_subplot()
-    colours = {key: f"C{i % 10}" for i, key in enumerate(sorted({_arch_loss(by_label[k]) for k in series}))}
-    variants = sorted({tuple(label.split(SEP)[2:4]) for label in series})
+    variants = sorted({label for lines in series.values() for label in lines})
+    maskers = sorted({label.split(SEP)[0] for label in variants})
+    panels = list(series) or ["no epochs recorded"]
+    figure = Figure(figsize=(8.0, PANEL_HEIGHT * len(panels) + LEGEND_ROW * len(variants) + 0.6), dpi=100,
+                    layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(panels), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
     styles = ["-", "--", ":", "-."]
-    seeds = sorted({by_label[k].config["seed"] for k in series})
-    for label, points in series.items():
-        row = by_label[label]
-        epochs, mious = zip(*points, strict=True)
-        variant = variants.index(tuple(label.split(SEP)[2:4]))
-        ax.plot(epochs, mious, label=label, color=colours[_arch_loss(row)], linestyle=styles[variant % len(styles)],
-                linewidth=1.2 + 0.6 * (variant // len(styles) % 2),
-                marker=MARKERS[seeds.index(row.config["seed"]) % len(MARKERS)], markersize=4)
+    for ax, panel in zip(axes, panels, strict=True):
+        ax.set_title(panel, fontsize="medium")
+        ax.set_ylabel("validation mIoU")
+        ax.grid(True, alpha=0.3)
+        for label, points in series.get(panel, {}).items():
+            masker = label.split(SEP)[0]
+            same_masker = [v for v in variants if v.split(SEP)[0] == masker]
+            epochs, means, lows, highs = zip(*points, strict=True)
+            colour = f"C{maskers.index(masker) % 10}"
+            style = styles[same_masker.index(label) % len(styles)]
+            ax.plot(epochs, means, label=label, color=colour, linestyle=style, linewidth=1.4, marker=".")
+            if lows != highs:
+                ax.fill_between(epochs, lows, highs, color=colour, alpha=0.12, linewidth=0)
     if not series:
-        ax.text(0.5, 0.5, "no epochs recorded", transform=ax.transAxes, ha="center", va="center")
+        axes[0].text(0.5, 0.5, "no epochs recorded", transform=axes[0].transAxes, ha="center", va="center")
     else:
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    return _finish(figure, ax, "epoch", "validation mIoU", _title(rows, "training curves"), path)
+        axes[-1].xaxis.get_major_locator().set_params(integer=True)
+    axes[-1].set_xlabel("epoch")
+    figure.suptitle(_title(rows, "training curves (mean over seeds, band: lowest to highest)"))
+    legend = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    if legend:
+        ordered = sorted(legend)
+        figure.legend([legend[k] for k in ordered], ordered, loc="outside lower center", fontsize="small",
+                      frameon=False)
+    _save(figure, path)
+    return figure
 
 
 def _finish(figure: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Figure:
-    """What both plots end with: labels, title, grid, the legend below the axes, the PNG written."""
+    """The single-axes plot's ending: labels, title, grid, the legend below the axes, the PNG written."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -71,16 +71,39 @@ def test_full_label_levels_per_architecture_and_loss():
     assert "full" not in " ".join(efficiency_series(rows))
 
 
-def test_curve_series_one_line_per_cell_sorted_by_epoch():
+def test_curve_series_mean_and_range_over_seeds_one_panel_per_arch_and_loss():
     cell = row("unet", 1, 0.5, fraction=0.1, measured=0.1001, history=[0.3, 0.45, 0.5])
     cell.history.reverse()
     cell.history.append({"epoch": 4, "miou": None})  # an epoch without a score is left out
-    series = curve_series([cell, row("unet", 0, 0.6, masker="full", fraction=1.0, history=[0.4, 0.6]),
-                           row("unet", 2, 0.6, history=[])])  # no epochs: no line
-    assert series == {
-        "unet · partial_ce · full · 100 % · seed 0": [(1, 0.4), (2, 0.6)],
-        "unet · partial_ce · random_pixels · 10 % · seed 1": [(1, 0.3), (2, 0.45), (3, 0.5)],
+    other_seed = row("unet", 2, 0.6, fraction=0.1, measured=0.0999, history=[0.2, 0.35])  # stopped after 2 epochs
+    series = curve_series([cell, other_seed, row("unet", 0, 0.6, masker="full", fraction=1.0, history=[0.4, 0.6]),
+                           row("unet", 3, 0.6, history=[]),  # no epochs: nothing
+                           row("unetplusplus", 0, 0.5, history=[0.5])])
+    assert list(series) == ["unet · partial_ce", "unetplusplus · partial_ce"]
+    assert series["unet · partial_ce"] == {
+        "full · 100 %": [(1, 0.4, 0.4, 0.4), (2, 0.6, 0.6, 0.6)],
+        "random_pixels · 10 % (2 seeds)": [(1, pytest.approx(0.25), 0.2, 0.3), (2, pytest.approx(0.4), 0.35, 0.45),
+                                           (3, 0.5, 0.5, 0.5)],
     }
+    assert series["unetplusplus · partial_ce"] == {"random_pixels · 10 %": [(1, 0.5, 0.5, 0.5)]}
+
+
+@pytest.mark.filterwarnings("error")
+def test_training_curves_one_panel_per_arch_and_loss_one_legend_entry_per_line(tmp_path):
+    rows = [row(arch, seed, 0.5, masker=masker, fraction=fraction, history=[0.3 + 0.01 * seed, 0.5])
+            for arch in ("unet", "unetplusplus") for seed in (0, 1, 2)
+            for masker, fraction in (("random_pixels", 0.1), ("random_pixels", 0.01), ("full", 1.0))]
+    figure = training_curves_plot(rows, tmp_path / "curves.png")
+    check_png(tmp_path / "curves.png")
+    axes = figure.get_axes()
+    assert [ax.get_title() for ax in axes] == ["unet · partial_ce", "unetplusplus · partial_ce"]
+    assert all(len(ax.get_lines()) == 3 and len(ax.collections) == 3 for ax in axes)  # a band each: seeds differ
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "full · 100 % (3 seeds)", "random_pixels · 1 % (3 seeds)", "random_pixels · 10 % (3 seeds)"]
+    colours = {line.get_label(): line.get_color() for ax in axes for line in ax.get_lines()}
+    assert colours["random_pixels · 1 % (3 seeds)"] == colours["random_pixels · 10 % (3 seeds)"] != colours[
+        "full · 100 % (3 seeds)"]
 
 
 def check_png(path):
