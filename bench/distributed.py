@@ -67,6 +67,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def labelled_share(target: torch.Tensor) -> torch.Tensor | float:
+    """The weight of this rank's supervised loss: the number of processes times this rank's share of the batch's
+    labelled pixels (1 without a process group). DDP averages the ranks' gradients; weighted so, losses that are a mean
+    over the labelled pixels (partial_ce, partial_focal) give the gradient of the mean over the whole batch's, as one
+    process computes it, even when the ranks' shares hold different numbers of labels (points, clicks, scribbles)."""
+    world_size = world()[1]
+    if world_size == 1:
+        return 1.0
+    count = (target >= 0).sum().to(torch.float32)
+    total = all_reduce_sum(count.clone())
+    return count * world_size / total.clamp_min(1.0)
+
+
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()

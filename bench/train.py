@@ -241,7 +241,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         for step, (images, target) in enumerate(batches.epoch(epoch)):
             with precision.autocast():
                 outputs = forward(images)
-                loss = supervised_loss(loss_fn, outputs, target)
+                loss = supervised_loss(loss_fn, outputs, target) * distributed.labelled_share(target)
                 if regularizers:
                     progress = (epoch * len(batches) + step) / total_steps
                     terms = regularizer_terms(regularizers, outputs, target, images, progress, forward)
@@ -262,7 +262,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
             if rank == 0:
                 on_step(step + 1, len(batches))
         train_seconds = clock(device) - started
-        if world_size > 1:  # each rank's mean over its shares, averaged over the ranks
+        if world_size > 1:  # the ranks' weighted losses averaged: the mean over the batches' labelled pixels
             sums = distributed.all_reduce_sum(torch.cat([loss_sum.view(1), reg_sums.to(loss_sum.dtype)]))
             loss_sum, reg_sums = sums[0] / world_size, sums[1:] / world_size
             distributed.broadcast_buffers(model)  # evaluate, on every rank, the model that rank 0 checkpoints

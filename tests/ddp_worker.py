@@ -38,29 +38,36 @@ def sharded_evaluation(grid_path: str, batch_size: int) -> dict:
                     Normalizer(data.mean, data.std, CPU), batch_size, precision)
 
 
-def step_batch(num_classes: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def step_batch(num_classes: int = 5, partial: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four images and their labels; ``partial``: most pixels of items 0 and 2 labelled, few of items 1 and 3, so that
+    two ranks' shares (items r::2) hold very different numbers of labels."""
     generator = torch.Generator().manual_seed(3)
     images = torch.randn(4, 3, 16, 16, generator=generator)
     target = torch.randint(0, num_classes, (4, 16, 16), generator=generator)
+    if partial:
+        keep = torch.rand(4, 16, 16, generator=generator) < torch.tensor([0.6, 0.03, 0.6, 0.03]).view(4, 1, 1)
+        target = torch.where(keep, target, torch.full_like(target, -1))
     return images, target
 
 
 def one_step_gradients(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor,
                        forward: torch.nn.Module | None = None) -> dict:
-    """The gradients of one training step of cross-entropy, by parameter; ``forward`` runs ``model`` (its DDP
+    """The gradients of one training step of partial cross-entropy (the mean over the labelled pixels) weighted as
+    train_cell weighs it (:func:`bench.distributed.labelled_share`), by parameter; ``forward`` runs ``model`` (its DDP
     wrapper)."""
     model.train()
-    torch.nn.functional.cross_entropy((forward or model)(images), target, ignore_index=-1).backward()
+    loss = torch.nn.functional.cross_entropy((forward or model)(images), target, ignore_index=-1)
+    (loss * distributed.labelled_share(target)).backward()
     return {name: p.grad.flatten().tolist() for name, p in model.named_parameters()}
 
 
-def sharded_step() -> dict:
-    """One DDP step with synchronised BatchNorm, each rank on its half of a fully labelled batch: the gradients and
-    running statistics of one process on the whole batch."""
+def sharded_step(partial: bool = False) -> dict:
+    """One DDP step with synchronised BatchNorm, each rank on its half of a batch: the gradients and running
+    statistics of one process on the whole batch."""
     rank, world_size = distributed.world()
     model = distributed.sync_batchnorm(fixed_model(5), CPU)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    images, target = step_batch()
+    images, target = step_batch(partial=partial)
     gradients = one_step_gradients(model, images[rank::world_size], target[rank::world_size], ddp)
     return {"gradients": gradients, "running_mean": model[1].running_mean.tolist(),
             "running_var": model[1].running_var.tolist()}
@@ -90,6 +97,7 @@ def main(out_dir: Path, train_grid: str, consistency_grid: str, odd_grid: str) -
     report["resumed_history"] = history
 
     report["step"] = sharded_step()
+    report["partial_step"] = sharded_step(partial=True)
     for batch_size in (1, 2, 4):  # 6 validation tiles: 6 batches, 3 (two on rank 0), 2 (of 4 and 2 tiles)
         report[f"evaluation_{batch_size}"] = sharded_evaluation(train_grid, batch_size)
 

@@ -114,8 +114,8 @@ def runs(tmp_path_factory):
 
 def test_two_processes_train_like_one(runs):
     """Augmentation off and BatchNorm synchronised: each step sees the same global batch with the same statistics,
-    and random_pixels labels as many pixels in every tile, so the mean of the ranks' losses is the loss of the whole
-    batch: what remains is float rounding, which training amplifies (SGD here; Adam amplifies it more, measured up to
+    and the ranks' losses, weighted by their shares of the labels, average to the loss of the whole batch: what
+    remains is float rounding, which training amplifies (SGD here; Adam amplifies it more, measured up to
     0.02 mIoU in a middle epoch of this cell)."""
     (history, metrics), reports, _ = runs
     ddp = reports[0]
@@ -136,15 +136,21 @@ def test_two_processes_train_like_one(runs):
     assert reports[1]["metrics"]["test_confusion_matrix"] == ddp["metrics"]["test_confusion_matrix"]
 
 
-def test_synchronised_batchnorm_on_the_cpu_gives_the_gradients_of_one_process(runs):
+@pytest.mark.parametrize("step", ["step", "partial_step"])
+def test_two_ranks_step_with_the_gradients_of_one_process(runs, step):
+    """Synchronised BatchNorm on the CPU, and the loss of each rank weighted by its share of the labelled pixels: with
+    full labels, and with partial ones where one rank's share holds 20 times the other's labels."""
     _, reports, _ = runs
     model = fixed_model(5)
-    gradients = one_step_gradients(model, *step_batch())
+    images, target = step_batch(partial=step == "partial_step")
+    labelled = [int((target[rank::2] >= 0).sum()) for rank in range(2)]
+    assert labelled == [512, 512] if step == "step" else labelled[0] > 10 * labelled[1] > 0
+    gradients = one_step_gradients(model, images, target)
     for report in reports:
         for name, values in gradients.items():
-            np.testing.assert_allclose(report["step"]["gradients"][name], values, rtol=1e-4, atol=1e-6, err_msg=name)
-        np.testing.assert_allclose(report["step"]["running_mean"], model[1].running_mean, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(report["step"]["running_var"], model[1].running_var, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(report[step]["gradients"][name], values, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(report[step]["running_mean"], model[1].running_mean, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(report[step]["running_var"], model[1].running_var, rtol=1e-5, atol=1e-7)
 
 
 def test_two_processes_resume_from_one_process_checkpoint(runs):
