@@ -16,11 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 import registry
+from bench import distributed
+from bench.executors import DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow, parse_devices
 from bench.grid import list_grids, load_grid
 from bench.leaderboard import write_leaderboard
-from bench import distributed
-from bench.executors import (DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow,
-                             parse_devices)
 from bench.runner import STORE_NAME, GridData, check_cells, resolve_device, run_grid
 from bench.store import ResultStore
 from registry.core import filter_names
@@ -71,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--executor", choices=("local", "ray"), default="local",
                        help="local: in this machine's processes (default); ray: each cell a task on a Ray cluster")
     scale.add_argument("--devices", metavar="LIST",
-                       help="local executor: one worker per listed GPU (e.g. 0,1,2,3), or 'cpu' entries for CPU workers")
+                       help=("local executor: one worker per listed GPU (e.g. 0,1,2,3), "
+                             "or 'cpu' entries for CPU workers"))
     scale.add_argument("--address", metavar="HOST:PORT",
                        help="ray executor: the cluster to join (default: $RAY_ADDRESS, else a local cluster)")
     scale.add_argument("--cpus-per-cell", type=positive_int, default=1, metavar="N",
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--warmup", type=positive_int, default=5, help="untimed steps first (default: 5)")
     perf.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     perf.add_argument("--compile", action="store_true", help="torch.compile the model (compile time reported apart)")
-    perf.add_argument("--workers", type=int, help="DataLoader workers of the loader path (default: 8 on CUDA, 0 on CPU)")
+    perf.add_argument("--workers", type=int,
+                      help="DataLoader workers of the loader path (default: 8 on CUDA, 0 on CPU)")
     perf.add_argument("--json", type=Path, default=Path("perf.json"), help="where to write the figures (perf.json)")
     return parser
 

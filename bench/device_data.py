@@ -113,7 +113,7 @@ def warp(images: torch.Tensor, masks: torch.Tensor, forward: torch.Tensor) -> tu
     return images, sampled.squeeze(1).round().to(torch.int64) + UNLABELLED
 
 
-# -- where the tiles live -----------------------------------------------------------------------------------------------
+# -- where the tiles live ---------------------------------------------------------------------------------------------
 
 
 def fits_on_device(nbytes: int, device: torch.device) -> bool:

@@ -9,7 +9,8 @@ enters the config as its content's SHA-256: the cell is the same wherever the fi
 
 A loss on the losses axis may carry regularisers, terms on the unlabelled pixels from ``registry.REGULARIZERS``: an
 expression ``"partial_ce + 0.1 * entropy + gated_crf"`` (one loss, then ``+ weight * name`` terms; no weight means 1)
-or a table ``{ name = "partial_ce", label = "...", regularizers = [{ name = "entropy", weight = 0.1, rampup = 0.2 }] }``.
+or a table
+``{ name = "partial_ce", label = "...", regularizers = [{ name = "entropy", weight = 0.1, rampup = 0.2 }] }``.
 They are part of the loss's config (``loss.regularizers``, a list of ``{name, weight, kwargs}``), hence of the cell's
 identity; the label defaults to the expression.
 
@@ -58,7 +59,8 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "augment": list(DEFAULT_AUGMENT),
     "class_weights": None,
     "amp": True,  # on CUDA only; the CPU trains in float32
-    "data_path": "auto",  # device (batches made on the device), loader (DataLoader + albumentations); auto: device on CUDA
+    # device (batches made on the device), loader (DataLoader + albumentations); auto: device on CUDA
+    "data_path": "auto",
     "compile": False,  # torch.compile the model; its compile time is reported apart (first_step_seconds)
     "num_workers": None,  # loader path: None is 0 on the CPU, up to 8 on CUDA
     "sync_batchnorm": False,  # over several processes (bench run --ddp): BatchNorm statistics of the global batch
@@ -147,7 +149,8 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.arch.label} · {self.loss.label} · {self.masker.label} {100 * self.fraction:.4g}% · seed {self.seed}"
+        return (f"{self.arch.label} · {self.loss.label} · {self.masker.label} {100 * self.fraction:.4g}% "
+                f"· seed {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,8 @@ def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequ
             raise where.error(str(err), masker.name, key="axes.maskers") from None
     # Cells sharing partial masks (same seed, masker, fraction) come together, so each set of masks is drawn once.
     for seed, masker in itertools.product(seeds, maskers):
-        for fraction, loss, arch in itertools.product(fractions if uses_fraction[masker.label] else [1.0], losses, archs):
+        for fraction, loss, arch in itertools.product(fractions if uses_fraction[masker.label] else [1.0],
+                                                      losses, archs):
             cell = Cell(name, dataset, arch, loss, masker, fraction, seed, recipe)
             keys = {"arch": arch.label, "loss": loss.label, "masker": masker.label, "fraction": fraction, "seed": seed}
             if include and not any(_matches(rule, keys) for rule in include):

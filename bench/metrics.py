@@ -13,7 +13,8 @@ from typing import NamedTuple
 import torch
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = -1) -> torch.Tensor:
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = -1) -> torch.Tensor:
     """Counts ``[num_classes, num_classes]`` (int64, on the inputs' device): rows are the true class, columns the
     predicted one. Pixels whose target is ``ignore_index`` are not counted."""
     if pred.shape != target.shape:

@@ -148,12 +148,14 @@ def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak
                 eval_times.append(clock(device) - started)
     achieved = flops / device_path["step_seconds"] / 1e12
     return {
-        "arch": arch.label, "kwargs": arch.build_kwargs, "params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
+        "arch": arch.label, "kwargs": arch.build_kwargs,
+        "params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflop_per_image": flops / config.batch_size / 1e9, "device_path": device_path, "loader_path": loader_path,
         "device_over_loader": loader_path["step_seconds"] / device_path["step_seconds"],
         "achieved_tflops": achieved, "mfu": achieved / peak_tflops,
         "eval_images_per_second": config.batch_size / statistics.median(eval_times),
-        "peak_memory_mb": peak_memory_mb, "peak_memory_kind": peak_memory_kind, "compile_seconds": compile_seconds, "precision": precision.name,
+        "peak_memory_mb": peak_memory_mb, "peak_memory_kind": peak_memory_kind, "compile_seconds": compile_seconds,
+        "precision": precision.name,
         "loader_workers": workers,
     }
 
@@ -169,10 +171,11 @@ def run_perf(config: PerfConfig, device: torch.device) -> dict[str, Any]:
 
 
 def parse_arch_spec(spec: str):
-    """``unet:base_channels=64,upsampling=bilinear`` -> a Component; values are TOML, or bare strings."""
+    """``unet:base_channels=64,upsampling=bilinear`` -> a Component; values are TOML (lists and tables too:
+    ``tu-resnet18:decoder_channels=[128,64,32,16,8]``), or bare strings."""
     name, _, arguments = spec.partition(":")
     kwargs = {}
-    for argument in filter(None, arguments.split(",")):
+    for argument in filter(None, top_level_split(arguments)):
         key, equals, text = argument.partition("=")
         if not equals or not key.strip():
             raise UserError(f"--arch {spec}: expected NAME:KEY=VALUE,KEY=VALUE")
@@ -182,6 +185,24 @@ def parse_arch_spec(spec: str):
             kwargs[key.strip()] = text.strip()
     registry.ARCHS.entry(name)  # an unknown name is answered with the close matches
     return Component(name, spec, kwargs)
+
+
+def top_level_split(text: str, separator: str = ",") -> list[str]:
+    """``text`` split at each ``separator`` outside brackets, braces and quotes."""
+    parts, depth, quote, start = [], 0, "", 0
+    for index, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    return [*parts, text[start:]]
 
 
 def perf_table(report: dict) -> Table:

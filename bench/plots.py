@@ -101,8 +101,8 @@ def curve_series(rows: Iterable[CellRow]) -> dict[str, dict[str, list[tuple[int,
                 for h in r.history:
                     if h.get("miou") is not None:
                         by_epoch[h["epoch"]].append(h["miou"])
-            lines[f"{masker}{SEP}{fraction:.3g} %{seeds}"] = [
-                (epoch, statistics.mean(values), min(values), max(values)) for epoch, values in sorted(by_epoch.items())]
+            lines[f"{masker}{SEP}{fraction:.3g} %{seeds}"] = [(epoch, statistics.mean(values), min(values), max(values))
+                                                              for epoch, values in sorted(by_epoch.items())]
         series[panel] = dict(sorted(lines.items()))
     return series
 

@@ -4,7 +4,7 @@ come; several at once on a pool of workers, each line saying where it runs), and
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -29,7 +29,7 @@ class RichEvents(RunEvents):
         self._grid_task = None
         self._cell_tasks: dict[str, Any] = {}  # cell id -> its bar: several cells run at once on a pool
 
-    def __enter__(self) -> RichEvents:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 

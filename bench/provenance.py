@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -61,5 +61,5 @@ def provenance(device: torch.device) -> dict[str, object]:
         "device": device_name(device),
         "device_type": device.type,
         "platform": platform.platform(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }

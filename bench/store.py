@@ -10,7 +10,7 @@ import json
 import math
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class CellRow:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -106,8 +106,8 @@ class ResultStore:
                 """INSERT INTO cells (cell_id, grid, dataset, label, config, status, provenance, attempts,
                                       started_at, updated_at)
                    VALUES (?, ?, ?, ?, ?, 'running', ?, 1, ?, ?)
-                   ON CONFLICT (cell_id) DO UPDATE SET status = 'running', error = NULL, provenance = excluded.provenance,
-                       attempts = attempts + 1, updated_at = excluded.updated_at
+                   ON CONFLICT (cell_id) DO UPDATE SET status = 'running', error = NULL,
+                       provenance = excluded.provenance, attempts = attempts + 1, updated_at = excluded.updated_at
                    WHERE cells.status != 'done'""",
                 (cell_id, grid, dataset, label, _json(config), _json(provenance), now, now),
             )

@@ -3,7 +3,8 @@
 Each registry's docstring (``help(registry.ARCHS)``) is the contract its entries keep; the tests check every
 registered entry against it. Register your own entry with a decorator in a module passed to ``bench run --plugin``, or
 from your package through the entry-point groups ``partialseg.archs``, ``partialseg.losses``, ``partialseg.maskers``,
-``partialseg.regularizers`` and ``partialseg.datasets`` (an entry point names a builder, or a module that registers with the decorators).
+``partialseg.regularizers`` and ``partialseg.datasets`` (an entry point names a builder, or a module that registers
+with the decorators).
 """
 
 from __future__ import annotations
@@ -145,10 +146,11 @@ def create_dataset(name: str, **kwargs: Any):
 
 
 # Importing the built-in entries registers them; they import the names above, so this comes last.
-from registry import archs, datasets, losses, maskers, regularizers  # noqa: E402,F401
+from registry import archs, datasets, losses, maskers, regularizers  # noqa: E402,F401,RUF100
 
 __all__ = [
-    "ARCHS", "DATASETS", "LOSSES", "MASKERS", "REGULARIZERS", "DuplicateNameError", "Registry", "UnknownNameError", "UserError",
+    "ARCHS", "DATASETS", "LOSSES", "MASKERS", "REGULARIZERS", "DuplicateNameError", "Registry", "UnknownNameError",
+    "UserError",
     "create_arch", "create_dataset", "create_loss", "create_masker", "create_regularizer", "import_plugin_module",
     "list_archs", "list_datasets", "list_losses", "list_maskers", "list_regularizers",
     "register_arch", "register_dataset", "register_loss", "register_masker", "register_regularizer",

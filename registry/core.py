@@ -77,7 +77,8 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def filter_names(names: Iterable[str], include: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
+def filter_names(names: Iterable[str], include: str | Iterable[str] = "*",
+                 exclude: str | Iterable[str] = ()) -> list[str]:
     """The names matching any shell-style pattern in ``include`` and none in ``exclude``, in natural order."""
     include = [include] if isinstance(include, str) else list(include)
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)

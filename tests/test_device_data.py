@@ -56,7 +56,8 @@ def test_flips_and_quarter_turns_move_every_pixel_exactly(name, matrix, referenc
     assert np.abs(out_images - reference(images)).max() < 1e-3
 
 
-@pytest.mark.parametrize("angle, scale, shift_x, shift_y", [(30.0, 1.05, 2, -3), (-44.0, 0.9, 0, 1), (12.5, 1.1, -2, 2)])
+@pytest.mark.parametrize("angle, scale, shift_x, shift_y",
+                         [(30.0, 1.05, 2, -3), (-44.0, 0.9, 0, 1), (12.5, 1.1, -2, 2)])
 def test_shift_scale_rotate_matches_albumentations(angle, scale, shift_x, shift_y):
     images, masks = sample(count=1, side=48)
     forward = shift_scale_rotate_matrix(torch.tensor([angle]), torch.tensor([scale]), torch.tensor([float(shift_x)]),

@@ -186,7 +186,7 @@ def test_ray_records_the_cell_failed_when_its_retries_are_spent(tmp_path, ray_cl
 def test_bad_options_are_one_line_exit_2_store_untouched(tmp_path, options, message):
     (tmp_path / "grid.toml").write_text(GRID.replace("ARCH", '{ name = "unet", base_channels = 4, depth = 3 }'))
     result = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", *options], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -198,7 +198,7 @@ def test_ray_not_installed_says_how_to_install(tmp_path):
     (tmp_path / "ray").mkdir()  # a package named ray that cannot be imported hides the installed one
     (tmp_path / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
     result = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--executor", "ray"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
                             env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert result.returncode == 2
     assert "pip install 'partialseg-bench[ray]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -217,7 +217,7 @@ def test_ddp_run_over_two_processes_matches_one_and_writes_each_cell_once(tmp_pa
     synchronised BatchNorm)."""
     (tmp_path / "grid.toml").write_text(DDP_GRID)
     single = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--out", "one"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert single.returncode == 0, single.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -226,7 +226,8 @@ def test_ddp_run_over_two_processes_matches_one_and_writes_each_cell_once(tmp_pa
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "bench", "run",
                              "--grid", "grid.toml", "--out", "two", "--ddp"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment,
+                            check=False)
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = stored(tmp_path / "one"), stored(tmp_path / "two")
     assert set(one) == set(two) and len(two) == 2
@@ -245,7 +246,8 @@ def torchrun(tmp_path: Path, *arguments: str, timeout: int) -> subprocess.Comple
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "bench", *arguments],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=environment)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=environment,
+                          check=False)
 
 
 @pytest.mark.parametrize("failing_rank", [0, 1])
@@ -275,7 +277,7 @@ def test_ddp_without_torchrun_is_one_line(tmp_path):
     (tmp_path / "grid.toml").write_text(DDP_GRID)
     environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
     result = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--ddp"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, env=environment)
+                            capture_output=True, text=True, timeout=120, env=environment, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "--ddp needs a process group: launch with torchrun" in result.stderr
     assert not (tmp_path / "runs").exists()
@@ -287,7 +289,8 @@ def test_bench_run_on_a_local_ray_cluster_from_the_command_line(tmp_path):
     (tmp_path / "grid.toml").write_text(GRID.replace("ARCH", '{ name = "unet", base_channels = 4, depth = 3 }'))
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--executor", "ray"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment,
+                            check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("▶") == 2 and "2 cells run, 0 already finished, 0 failed" in result.stdout
     rows = stored(tmp_path / "runs")

@@ -44,7 +44,8 @@ def split_py_tiles(name: str, image: np.ndarray) -> list[tuple[str, int, int]]:
 
 def locate(orthophotos) -> dict[str, tuple[object, int, int]]:
     """tile id -> (orthophoto, y, x)."""
-    return {tile_id: (ortho, y, x) for ortho in orthophotos for tile_id, y, x in tile_grid(ortho.name, *ortho.mask.shape)}
+    return {tile_id: (ortho, y, x)
+            for ortho in orthophotos for tile_id, y, x in tile_grid(ortho.name, *ortho.mask.shape)}
 
 
 def cache_folders(cache_dir: Path) -> list[Path]:

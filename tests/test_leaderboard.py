@@ -28,7 +28,8 @@ def row(arch: str, seed: int, best: float, grid: str = "g", status: str = "done"
            if test is not None else {}),
     } if status == "done" else None
     return CellRow(f"{arch}{seed}{grid}", grid, "synthetic", f"{arch} seed {seed}", config, status, [], metrics,
-                   {"device": "CPU test", "date": "2026-11-25T10:00:00+00:00", "code_revision": "abc123"}, error, 1, "t", None)
+                   {"device": "CPU test", "date": "2026-11-25T10:00:00+00:00", "code_revision": "abc123"},
+                   error, 1, "t", None)
 
 
 def table_lines(text: str) -> list[str]:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bench.cli import main
+from bench.perf import parse_arch_spec
 
 TINY = ["--arch", "unet:base_channels=4,depth=3", "--arch", "unetplusplus:base_channels=4,depth=3", "--size", "32",
         "--batch-size", "4", "--steps", "2", "--warmup", "1", "--device", "cpu"]
@@ -51,3 +52,10 @@ def test_bad_perf_arguments_are_one_line_exit_2(args, message, capsys, tmp_path)
     assert main(["perf", *args, "--device", "cpu", "--json", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_arch_arguments_may_be_lists_tables_and_quoted_commas():
+    arch = parse_arch_spec('tu-resnet18:decoder_channels=[128, 64, 32, 16, 8],label="a,b",extra={k = [1, 2]},x=bare')
+    assert arch.name == "tu-resnet18"
+    assert arch.kwargs == {"decoder_channels": [128, 64, 32, 16, 8], "label": "a,b", "extra": {"k": [1, 2]},
+                           "x": "bare"}

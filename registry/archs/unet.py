@@ -80,7 +80,7 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-@register_arch("unet", test_kwargs=dict(base_channels=4, depth=3))
+@register_arch("unet", test_kwargs={"base_channels": 4, "depth": 3})
 def unet(num_classes: int, in_chans: int = 3, base_channels: int = 64, depth: int = 5,
          upsampling: str = "bilinear") -> UNet:
     """U-Net; ``upsampling`` is ``"bilinear"`` (default, 17.3 M parameters at base 64) or ``"transpose"`` (31.0 M)."""

@@ -62,7 +62,7 @@ class UNetPlusPlus(nn.Module):
         return logits if self.training else sum(logits) / len(logits)
 
 
-@register_arch("unetplusplus", test_kwargs=dict(base_channels=4, depth=3))
+@register_arch("unetplusplus", test_kwargs={"base_channels": 4, "depth": 3})
 def unetplusplus(num_classes: int, in_chans: int = 3, base_channels: int = 64, depth: int = 5,
                  deep_supervision: bool = False) -> UNetPlusPlus:
     """UNet++; 9.2 M parameters at base 32 and 36.6 M at base 64 (depth 5, 3 input channels)."""

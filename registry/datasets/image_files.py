@@ -46,7 +46,7 @@ def _reading(path: Path, what: str) -> Iterator[None]:
         raise
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
-    except Exception as err:  # decoders raise many types; the message is what matters
+    except Exception as err:  # noqa: BLE001  (decoders raise many types; the message is what matters)
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{path}: cannot read this {what} (corrupt or truncated?): {detail}") from None
     finally:

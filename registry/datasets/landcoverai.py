@@ -1,4 +1,5 @@
-"""The dataset ``landcoverai``: LandCover.ai v1, read from the user's copy and cut exactly as its own ``split.py`` cuts it.
+"""The dataset ``landcoverai``: LandCover.ai v1, read from the user's copy and cut exactly as its own ``split.py`` cuts
+it.
 
 Two layouts of a copy are accepted (``layout="auto"`` takes the archive's when both are present, being lossless):
 
@@ -205,7 +206,8 @@ def tiles_units(root: Path, ids: dict[str, list[str]]) -> list[TileFiles]:
     for split, split_ids in ids.items():
         for index, tile_id in enumerate(split_ids):
             if f"{tile_id}_m.png" not in present:
-                raise UserError(f"{folder / (tile_id + '_m.png')}: mask not found for tile {folder / (tile_id + '.jpg')}")
+                raise UserError(f"{folder / (tile_id + '_m.png')}: mask not found for tile "
+                                f"{folder / (tile_id + '.jpg')}")
             pairs.append((split, index, folder / f"{tile_id}.jpg", folder / f"{tile_id}_m.png"))
     return [TileFiles(f"tiles-{start // TILES_PER_UNIT}", tuple(pairs[start:start + TILES_PER_UNIT]))
             for start in range(0, len(pairs), TILES_PER_UNIT)]

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -90,7 +90,7 @@ class TileCacheWriter:
         self._lock = folder_lock(self.folder, f"{self.folder}: another process is preparing this cache; waiting for it",
                                  wait=True)
 
-    def __enter__(self) -> TileCacheWriter:
+    def __enter__(self) -> Self:
         self._lock.__enter__()
         progress = _read_json(self.folder / PROGRESS)
         if not (isinstance(progress, dict) and progress.get("plan") == self.plan.key and self._arrays_exist()):
@@ -125,7 +125,8 @@ class TileCacheWriter:
         path = _array_path(self.folder, split, kind)
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read_header(f)
             offset = f.tell()
         if shape != self.plan.shape(split, kind) or dtype != np.uint8:
@@ -145,7 +146,8 @@ class TileCacheWriter:
             fd, offset = self._files[split, kind]
             expected = self.plan.shape(split, kind)[1:]
             if tile.shape != expected or tile.dtype != np.uint8:
-                raise ValueError(f"tile {split}[{index}] {kind}: got {tile.shape} {tile.dtype}, expected {expected} uint8")
+                raise ValueError(f"tile {split}[{index}] {kind}: got {tile.shape} {tile.dtype}, "
+                                 f"expected {expected} uint8")
             data = np.ascontiguousarray(tile).tobytes()
             os.pwrite(fd, data, offset + index * len(data))
 

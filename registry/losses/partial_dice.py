@@ -29,14 +29,14 @@ class PartialDice:
 
     **Classes in the mean.** The loss is ``sum_c k_c w_c (1 - dice_c) / sum_c k_c w_c`` (``w_c = 1`` without
     ``weight``), where ``k_c`` is 1 for a class that is *present*: labelled on at least one pixel of the batch, or the
-    arg-max prediction of at least one labelled pixel (all the tied classes, on a tie); the same rule as this harness's mIoU (a class absent from
-    both truth and prediction is left out; one predicted but absent is kept, and scores low). Because the sums run
-    over the whole batch, a class with a single labelled pixel in the batch counts in the mean as much as a class
-    with thousands; a Dice computed image by image would see it in one image only, and would have to drop it from
-    the others or score it there by convention. Classes that are absent and not predicted are left out rather than
-    scored ``smooth / (S_c + smooth)``, near 1, which would dilute the loss by the number of absent classes. The loss
-    is a batch-level quantity: like any Dice, it is not a sum over pixels, so it depends on which pixels share a
-    batch.
+    arg-max prediction of at least one labelled pixel (all the tied classes, on a tie); the same rule as this harness's
+    mIoU (a class absent from both truth and prediction is left out; one predicted but absent is kept, and scores low).
+    Because the sums run over the whole batch, a class with a single labelled pixel in the batch counts in the mean as
+    much as a class with thousands; a Dice computed image by image would see it in one image only, and would have to
+    drop it from the others or score it there by convention. Classes that are absent and not predicted are left out
+    rather than scored ``smooth / (S_c + smooth)``, near 1, which would dilute the loss by the number of absent classes.
+    The loss is a batch-level quantity: like any Dice, it is not a sum over pixels, so it depends on which pixels share
+    a batch.
 
     **Smoothing.** ``smooth`` (default 1.0, in units of pixels) keeps every ratio finite and differentiable and
     biases each ``dice_c`` towards 1 by about ``smooth / S_c``: negligible for a class with many labelled pixels,

@@ -72,7 +72,8 @@ def benchmark_name(node: pytest.Item) -> str:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--refresh-perf-baseline", action="store_true", default=False,
-                     help=f"rewrite {BASELINE_FILE.name} of tests/perf from this run's timings instead of checking them")
+                     help=(f"rewrite {BASELINE_FILE.name} of tests/perf from this run's timings "
+                           "instead of checking them"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
