@@ -7,6 +7,7 @@ same command resumes it.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 import warnings
@@ -20,7 +21,7 @@ from bench import distributed
 from bench.executors import DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow, parse_devices
 from bench.grid import list_grids, load_grid
 from bench.leaderboard import write_leaderboard
-from bench.runner import STORE_NAME, GridData, check_cells, resolve_device, run_grid
+from bench.runner import STORE_NAME, GridData, check_cells, exclusive, resolve_device, run_grid
 from bench.store import ResultStore
 from registry.core import filter_names
 from registry.errors import UserError
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("leaderboard", parents=[outputs], help="regenerate the leaderboard from the store")
 
+    prune = commands.add_parser("prune", parents=[outputs],
+                                help="list (and with --delete, forget) stored cells that a grid no longer has")
+    prune.add_argument("--grid", required=True, help="a grid name (see `bench list grids`) or a path to a TOML file")
+    prune.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                       help="override a value of the grid file, as for bench run; repeatable")
+    prune.add_argument("--delete", action="store_true",
+                       help="remove them from the store, with their checkpoints, and regenerate the leaderboard")
+
     prepare = commands.add_parser("prepare", parents=[plugins],
                                   help="convert a dataset once into the cache that training reads")
     prepare.add_argument("dataset", help="a dataset that reads files, e.g. landcoverai")
@@ -128,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_prepare(args, console)
         if args.command == "perf":
             return command_perf(args, console)
+        if args.command == "prune":
+            return command_prune(args, console)
         return command_leaderboard(args, console)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -153,7 +164,7 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
         return EXIT_INTERRUPTED
     if args.dry_run:
         check_cells(grid, GridData(grid))
-        show_cells(grid, args.out / STORE_NAME, console)
+        show_cells(grid, args.out / STORE_NAME, console, args.grid)
         return 0
     events = RichEvents(console)
     try:
@@ -207,8 +218,9 @@ def build_executor(args: argparse.Namespace, device) -> Executor:
     return SequentialExecutor(device, plugins)
 
 
-def show_cells(grid, store_path: Path, console: Console) -> None:
-    """The cells of a grid and what a run would do with each; reads the store without writing it."""
+def show_cells(grid, store_path: Path, console: Console, grid_argument: str) -> None:
+    """The cells of a grid and what a run would do with each, and how many stored cells of the grid's name it no
+    longer has; reads the store without writing it."""
     store = ResultStore(store_path) if store_path.exists() else None
     table = Table(title=f"grid {grid.name}: {len(grid.cells)} cells")
     for column in ("cell id", "cell", "state"):
@@ -218,6 +230,52 @@ def show_cells(grid, store_path: Path, console: Console) -> None:
         state = "to run" if row is None else ("finished" if row.status == "done" else f"{row.status}, to rerun")
         table.add_row(cell.cell_id, cell.label, state)
     console.print(table)
+    if store is not None:
+        stale = stale_rows(grid, store)
+        store.close()
+        if stale:
+            console.print(f"{len(stale)} stored cells of grid {grid.name} are not in it any more: "
+                          f"`bench prune --grid {grid_argument}` lists them", highlight=False, soft_wrap=True)
+
+
+def stale_rows(grid, store: ResultStore) -> list:
+    """The stored cells filed under the grid's name whose identity the grid, as it now reads, does not have."""
+    current = {cell.cell_id for cell in grid.cells}
+    return [row for row in store.rows(status=None) if row.grid == grid.name and row.cell_id not in current]
+
+
+def command_prune(args: argparse.Namespace, console: Console) -> int:
+    """List the stale cells of a grid (see stale_rows); with --delete, forget them and their checkpoints, holding the
+    output folder as a run does, and regenerate the leaderboard."""
+    grid = load_grid(args.grid, overrides=args.overrides)
+    store_path = args.out / STORE_NAME
+    if not store_path.exists():
+        raise UserError(f"no results store at {store_path}: nothing to prune")
+    with exclusive(args.out):
+        store = ResultStore(store_path)
+        try:
+            stale = stale_rows(grid, store)
+            if not stale:
+                console.print(f"nothing to prune: every stored cell of grid {grid.name} is in it", highlight=False)
+                return 0
+            table = Table(title=f"stored cells of grid {grid.name} that it no longer has")
+            for column in ("cell id", "cell", "status", "finished"):
+                table.add_column(column)
+            for row in stale:
+                table.add_row(row.cell_id, row.label, row.status, row.finished_at or "")
+            console.print(table)
+            if not args.delete:
+                console.print(f"{len(stale)} cells; `bench prune --grid {args.grid} --delete` forgets them and their "
+                              "checkpoints", highlight=False, soft_wrap=True)
+                return 0
+            store.delete([row.cell_id for row in stale])
+            for row in stale:
+                shutil.rmtree(args.out / "checkpoints" / row.cell_id, ignore_errors=True)
+        finally:
+            store.close()
+    regenerate(args.out, args.leaderboard)
+    console.print(f"{len(stale)} cells forgotten; leaderboard written to {args.leaderboard}", highlight=False)
+    return 0
 
 
 def command_list(args: argparse.Namespace, console: Console) -> int:

@@ -125,6 +125,11 @@ class ResultStore:
     def interrupt(self, cell_id: str) -> None:
         self._update(cell_id, "status = 'interrupted'")
 
+    def delete(self, cell_ids: list[str]) -> None:
+        """Forget these cells, whatever their status (``bench prune``)."""
+        with self._db:
+            self._db.executemany("DELETE FROM cells WHERE cell_id = ?", [(cell_id,) for cell_id in cell_ids])
+
     def _update(self, cell_id: str, assignments: str, *args: Any) -> None:
         with self._db:
             self._db.execute(

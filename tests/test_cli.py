@@ -90,6 +90,39 @@ def test_leaderboard_command_regenerates(smoke_run, tmp_path):
     assert "grid `smoke`" in target.read_text()
 
 
+def test_prune_lists_then_forgets_the_cells_a_grid_no_longer_has(smoke_run, tmp_path, capsys):
+    """The smoke grid without its UNet++: its stored cell is listed (nothing removed), a dry run counts it, --delete
+    forgets it and its checkpoints and regenerates the leaderboard; the UNet cell stays."""
+    out, board = tmp_path / "runs", tmp_path / "board.md"
+    shutil.copytree(smoke_run[0] / "runs", out)
+    only_unet = ["--set", 'axes.archs=[{ name = "unet", base_channels = 4, depth = 3 }]']
+    (kept,) = [c.cell_id for c in SMOKE.cells if c.arch.name == "unet"]
+    (gone,) = [c.cell_id for c in SMOKE.cells if c.arch.name == "unetplusplus"]
+    common = ["--grid", "smoke", "--out", str(out), "--leaderboard", str(board), *only_unet]
+    capsys.readouterr()
+
+    assert main(["prune", *common]) == 0
+    listed = capsys.readouterr().out
+    assert gone in listed and kept not in listed and "bench prune --grid smoke --delete" in listed
+    assert {row[0] for row in done_rows(out / "results.sqlite")} == {kept, gone} and not board.exists()
+    assert main(["run", "--grid", "smoke", "--out", str(out), "--dry-run", *only_unet]) == 0
+    assert "1 stored cells of grid smoke are not in it any more" in capsys.readouterr().out
+
+    assert main(["prune", *common, "--delete"]) == 0
+    assert "1 cells forgotten" in capsys.readouterr().out
+    assert [row[0] for row in done_rows(out / "results.sqlite")] == [kept]
+    assert not (out / "checkpoints" / gone).exists() and (out / "checkpoints" / kept / "best.pt").exists()
+    assert "| unet " in board.read_text() and "unetplusplus" not in board.read_text()
+    assert main(["prune", *common]) == 0
+    assert "nothing to prune: every stored cell of grid smoke is in it" in capsys.readouterr().out
+
+
+def test_prune_without_a_store_is_one_line(tmp_path, capsys):
+    assert main(["prune", "--grid", "smoke", "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no results store at {tmp_path / 'none' / 'results.sqlite'}: " \
+                                              "nothing to prune"
+
+
 def test_dry_run_lists_cells_and_trains_nothing(tmp_path, capsys):
     assert main(["run", "--grid", "smoke", "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
     out = capsys.readouterr().out
