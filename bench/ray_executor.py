@@ -106,8 +106,11 @@ class RayExecutor:
         marker = self._shared_marker(jobs[0])
         messages = Queue()
         resources = {"num_gpus": 1} if self.gpus else {}
-        task = self.ray.remote(_run_task).options(num_cpus=self.cpus_per_cell, max_retries=self.retries,
-                                                  retry_exceptions=False, **resources)
+        # A GPU cell in a fresh worker process (Ray's default for GPU tasks, said here because it matters): CUDA reads
+        # the CUDA_VISIBLE_DEVICES that Ray sets for the task once per process, so a reused worker could train on
+        # the GPU of its previous task.
+        task = self.ray.remote(max_calls=1 if self.gpus else 0)(_run_task).options(
+            num_cpus=self.cpus_per_cell, max_retries=self.retries, retry_exceptions=False, **resources)
         futures = {task.remote(dataclasses.replace(job, shared_marker=marker), messages): job for job in jobs}
 
         def forward_messages() -> None:
