@@ -117,9 +117,13 @@ def warp(images: torch.Tensor, masks: torch.Tensor, forward: torch.Tensor) -> tu
 
 
 def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether tiles of ``nbytes`` take at most DEVICE_SHARE of the device's free memory. Free includes what this
+    process's allocator holds unused (the previous cell's tensors): cudaMemGetInfo counts it as taken, and a later cell
+    would otherwise fall back to the slower host path that an earlier one did not take."""
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return nbytes <= DEVICE_SHARE * free
 
 

@@ -123,8 +123,10 @@ class DevicePoolExecutor:
     def _start(self, slot: int, outbox) -> _Worker:
         device = self.devices[slot]
         inbox = self._context.Queue()
+        # Not daemonic: a daemonic process may not have children, and a cell on the DataLoader path starts its
+        # loader's worker processes. The run's `finally` stops the workers instead.
         process = self._context.Process(target=_worker_main, args=(slot, device, self.threads, inbox, outbox),
-                                        name=f"bench-worker-{slot}", daemon=True)
+                                        name=f"bench-worker-{slot}", daemon=False)
         process.start()
         return _Worker(device, process, inbox)
 

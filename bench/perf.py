@@ -1,11 +1,12 @@
 """``bench perf``: how fast architectures train and evaluate on this device, against what the device can do.
 
 For each architecture, on random tiles of the chosen size: training steps through both data paths (batches made on
-the device, and the DataLoader + albumentations path), timed step by step after a warm-up, with the device
-synchronised before every clock read; the median step gives images/s, and the median time spent waiting for a batch
+the device, and the DataLoader + albumentations path), timed step by step after a warm-up within one epoch, with the
+device synchronised before every clock read; the mean step gives images/s, and the mean time spent waiting for a batch
 gives the data path's share of the step. FLOPs of one training step are counted with ``torch.utils.flop_counter``;
 divided by the step time they give the achieved TFLOP/s, and divided again by a matrix-multiply peak measured in the
-same run (bf16 on CUDA, float32 on the CPU), the model FLOP utilisation (MFU). Evaluation is timed the same way.
+same run in the training precision's dtype (bf16 on recent GPUs, float32 on the CPU), the model FLOP utilisation
+(MFU). Evaluation (one batch, no data path) is timed step by step too, its median reported.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bench.data import AugmentedTiles, Normalizer, TrainBatches
 from bench.device_data import DeviceBatches
 from bench.grid import Component
 from bench.provenance import device_name
-from bench.train import LoaderBatches, build_optimizer, choose_precision, clock, supervised_loss
+from bench.train import LoaderBatches, backward_and_step, build_optimizer, choose_precision, clock, supervised_loss
 from bench.train import peak_memory_mb as peak_memory_mb_of
 from registry.errors import UserError
 
@@ -46,9 +47,9 @@ class PerfConfig:
     num_workers: int | None = None  # loader path; None: up to 8 on CUDA, 0 on the CPU
 
 
-def matmul_peak_tflops(device: torch.device) -> tuple[float, str]:
-    """The best of several timed square matrix multiplies: bf16 on CUDA, float32 on the CPU."""
-    dtype, n = (torch.bfloat16, 8192) if device.type == "cuda" else (torch.float32, 2048)
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """The best of several timed square matrix multiplies in ``dtype`` (the training precision's)."""
+    n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -75,26 +76,24 @@ def random_tiles(count: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.n
 
 
 def time_training(batches, train_step: Callable, config: PerfConfig, device: torch.device) -> dict[str, float]:
-    """Median step and data-wait times over ``config.steps`` steps, after ``config.warmup`` untimed ones."""
-    steps, waits, epoch = [], [], 0
-    iterator = iter(batches.epoch(epoch))
+    """Mean step and data-wait times over ``config.steps`` steps, after ``config.warmup`` untimed ones, all in one
+    epoch (``batches`` must hold that many): a loader's workers start during the warm-up, and the timed steps wait for
+    whatever the workers do not keep up with. Means, not medians: a median would hide the steps that wait while the
+    others find a batch the workers prepared in advance."""
+    steps, waits = [], []
+    iterator = iter(batches.epoch(0))
     for index in range(config.warmup + config.steps):
         started = clock(device)
-        try:
-            images, target = next(iterator)
-        except StopIteration:
-            epoch += 1
-            iterator = iter(batches.epoch(epoch))
-            images, target = next(iterator)
+        images, target = next(iterator)
         ready = clock(device)
         train_step(images, target)
         done = clock(device)
         if index >= config.warmup:
             steps.append(done - started)
             waits.append(ready - started)
-    step = statistics.median(steps)
-    return {"step_seconds": step, "images_per_second": config.batch_size / step,
-            "data_seconds": statistics.median(waits), "data_share": statistics.median(waits) / step}
+    step, wait = statistics.mean(steps), statistics.mean(waits)
+    return {"step_seconds": step, "images_per_second": config.batch_size / step, "data_seconds": wait,
+            "data_share": wait / step}
 
 
 def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak_tflops: float) -> dict[str, Any]:
@@ -108,15 +107,13 @@ def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak
     optimizer = build_optimizer(model, {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0}, device)
     forward = torch.compile(model) if config.compile else model
     normalize = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), device)
-    tiles = max(4 * config.batch_size, 16)
-    images, masks = random_tiles(tiles, config.size)
+    # One epoch covers the warm-up and the timed steps of a measurement (see time_training).
+    images, masks = random_tiles((config.warmup + config.steps) * config.batch_size, config.size)
 
     def train_step(batch_images: torch.Tensor, target: torch.Tensor) -> None:
         with precision.autocast():
             loss = supervised_loss(loss_fn, forward(batch_images), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        backward_and_step(loss, optimizer, precision)
 
     sample_images, sample_target = next(iter(DeviceBatches(images, masks, [], 0, config.batch_size, normalize)
                                              .epoch(0)))
@@ -161,7 +158,7 @@ def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak
 
 
 def run_perf(config: PerfConfig, device: torch.device) -> dict[str, Any]:
-    peak, peak_kind = matmul_peak_tflops(device)
+    peak, peak_kind = matmul_peak_tflops(device, choose_precision(device, amp=True).dtype)
     results = [measure_arch(arch, config, device, peak) for arch in config.archs]
     return {
         "device": device_name(device), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

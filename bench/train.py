@@ -68,15 +68,31 @@ class Precision:
     autocast: Callable[[], contextlib.AbstractContextManager]
     scaler: torch.amp.GradScaler | None
     name: str
+    dtype: torch.dtype = torch.float32  # what the matrix multiplies of the autocast regions compute in
 
 
 def choose_precision(device: torch.device, amp: bool) -> Precision:
+    """bf16 autocast on GPUs with bf16 tensor cores (compute capability 8.0, Ampere, and later); fp16 with loss scaling
+    before them. Not torch.cuda.is_bf16_supported(): it also says yes where bf16 is only emulated (V100, T4), on the
+    current device rather than this one."""
     if device.type != "cuda" or not amp:
         return Precision(contextlib.nullcontext, None, "float32")
-    if torch.cuda.is_bf16_supported():
-        return Precision(lambda: torch.autocast("cuda", dtype=torch.bfloat16), None, "bf16 autocast")
+    if torch.cuda.get_device_capability(device)[0] >= 8:
+        return Precision(lambda: torch.autocast("cuda", dtype=torch.bfloat16), None, "bf16 autocast", torch.bfloat16)
     return Precision(lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda"),
-                     "fp16 autocast + loss scaling")
+                     "fp16 autocast + loss scaling", torch.float16)
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, precision: Precision) -> None:
+    """One optimiser step from ``loss``, through the loss scaler when the precision has one."""
+    optimizer.zero_grad(set_to_none=True)
+    if precision.scaler is not None:
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 def clock(device: torch.device) -> float:
@@ -247,14 +263,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
                     terms = regularizer_terms(regularizers, outputs, target, images, progress, forward)
                     loss = loss + sum(w * term for (_, w, _), term in zip(regularizers, terms))
                     reg_sums += torch.stack([term.detach().float() for term in terms])
-            optimizer.zero_grad(set_to_none=True)
-            if precision.scaler is not None:
-                precision.scaler.scale(loss).backward()
-                precision.scaler.step(optimizer)
-                precision.scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            backward_and_step(loss, optimizer, precision)
             schedule.step()
             loss_sum += loss.detach()
             if first_step_seconds is None:  # compilation and cuDNN autotuning happen here: reported apart

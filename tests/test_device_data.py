@@ -128,6 +128,19 @@ def test_without_augmentation_both_paths_give_identical_batches(resident, monkey
             assert torch.equal(a_target, b_target) and torch.allclose(a_images, b_images)
 
 
+def test_memory_this_process_holds_unused_counts_as_free(monkeypatch):
+    """The driver's free memory leaves out what torch's allocator keeps for reuse (an earlier cell's tensors): that
+    must not send a later cell of the same size to the host path."""
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 30 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 4 * gib)
+    cuda = torch.device("cuda", 0)
+    assert bench.device_data.fits_on_device(14 * gib, cuda)  # half of 2 + (30 - 4) GiB
+    assert not bench.device_data.fits_on_device(14 * gib + 1, cuda)
+    assert bench.device_data.fits_on_device(10**15, CPU)
+
+
 def test_device_batches_are_a_function_of_seed_and_epoch():
     images, masks = sample(count=8)
     normalize = Normalizer((0.5,) * 3, (0.25,) * 3, CPU)

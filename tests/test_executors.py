@@ -101,6 +101,19 @@ def test_pool_of_two_workers_matches_sequential(tmp_path, sequential):
     assert {row.provenance["where"].split()[-1] for row in rows.values()} == {"cpu"}
 
 
+def test_a_pool_worker_can_start_a_dataloaders_worker_processes(tmp_path):
+    """The DataLoader path with loader workers inside a pool worker (as on a GPU, where they default to 8): a
+    daemonic pool worker could not start them."""
+    text = GRID.replace("ARCH", '{ name = "unet", base_channels = 4, depth = 3 }').replace(
+        "epochs = 3", 'epochs = 1\ndata_path = "loader"\nnum_workers = 1')
+    (tmp_path / "grid.toml").write_text(text)
+    grid = parse_grid(text, tmp_path / "grid.toml")
+    summary = run_grid(grid, tmp_path / "runs", CPU, executor=DevicePoolExecutor([CPU], threads=1))
+    rows = stored(tmp_path / "runs")
+    assert not summary.failed, [row.error for row in rows.values()]
+    assert len(rows) == 2 and all(row.metrics["data_path"] == "loader (1 workers)" for row in rows.values())
+
+
 def test_pool_worker_killed_mid_cell_is_replaced_and_the_cell_resumed(tmp_path, sequential):
     marker = tmp_path / "died"
     grid = grid_for(tmp_path, marker=str(marker), at_step=STEPS_PER_EPOCH + 2)  # in the second epoch

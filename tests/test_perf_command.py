@@ -6,9 +6,13 @@ import json
 
 import pytest
 
-from bench.cli import main
-from bench.perf import parse_arch_spec
+import torch
 
+from bench.cli import main
+import bench.perf
+from bench.perf import PerfConfig, parse_arch_spec, time_training
+
+CPU = torch.device("cpu")
 TINY = ["--arch", "unet:base_channels=4,depth=3", "--arch", "unetplusplus:base_channels=4,depth=3", "--size", "32",
         "--batch-size", "4", "--steps", "2", "--warmup", "1", "--device", "cpu"]
 
@@ -59,3 +63,26 @@ def test_arch_arguments_may_be_lists_tables_and_quoted_commas():
     assert arch.name == "tu-resnet18"
     assert arch.kwargs == {"decoder_channels": [128, 64, 32, 16, 8], "label": "a,b", "extra": {"k": [1, 2]},
                            "x": "bare"}
+
+
+def test_training_time_is_the_mean_over_one_epoch_so_waiting_steps_count(monkeypatch):
+    """A loader whose workers filled their queue in advance: most timed steps find a batch ready, every fourth waits
+    30 ms. The mean says so (a median would say 0); the warm-up steps, and their 1 s start-up wait, are not timed."""
+    now = [0.0]
+    monkeypatch.setattr(bench.perf, "clock", lambda device: now[0])
+
+    class Batches:
+        def epoch(self, epoch):
+            assert epoch == 0  # the measurement never starts a second epoch (and its workers)
+            for index in range(12):
+                now[0] += 1.0 if index == 0 else (0.030 if index % 4 == 3 else 0.0)
+                yield None, None
+
+    def train_step(images, target):
+        now[0] += 0.010
+
+    figures = time_training(Batches(), train_step, PerfConfig(archs=[], batch_size=8, steps=8, warmup=4), CPU)
+    assert figures["data_seconds"] == pytest.approx(2 * 0.030 / 8)
+    assert figures["step_seconds"] == pytest.approx(0.010 + 2 * 0.030 / 8)
+    assert figures["images_per_second"] == pytest.approx(8 / figures["step_seconds"])
+    assert figures["data_share"] == pytest.approx(figures["data_seconds"] / figures["step_seconds"])

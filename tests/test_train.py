@@ -14,7 +14,7 @@ from bench.data import Normalizer
 from bench.grid import parse_grid
 from bench.runner import GridData, RunEvents, run_grid
 from bench.store import ResultStore
-from bench.train import CellData, Precision, evaluate_best_on_test, train_cell
+from bench.train import CellData, Precision, choose_precision, evaluate_best_on_test, train_cell
 
 EPOCHS = 3
 GRID = f"""\
@@ -182,3 +182,22 @@ def test_a_cell_stopped_before_its_test_pass_resumes_with_it_without_training(tm
                 "test_tiles", "best_miou", "best_epoch"):
         assert resumed.metrics[key] == expected[key], key
     assert not math.isnan(resumed.metrics["test_miou"])
+
+
+@pytest.mark.parametrize("capability, name, dtype, scaled", [
+    ((7, 0), "fp16 autocast + loss scaling", torch.float16, True),   # V100: bf16 only emulated
+    ((7, 5), "fp16 autocast + loss scaling", torch.float16, True),   # T4
+    ((8, 0), "bf16 autocast", torch.bfloat16, False),                # A100
+    ((9, 0), "bf16 autocast", torch.bfloat16, False),                # H100
+])
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available")  # the GradScaler built on this GPU-less machine
+def test_precision_follows_the_gpus_compute_capability(monkeypatch, capability, name, dtype, scaled):
+    """bf16 only where it has tensor cores; torch.cuda.is_bf16_supported() says yes on a V100 or T4 too (emulation)."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    precision = choose_precision(torch.device("cuda", 1), amp=True)
+    assert (precision.name, precision.dtype, precision.scaler is not None) == (name, dtype, scaled)
+    assert asked == [torch.device("cuda", 1)]  # this cell's GPU, not the current one
+    assert choose_precision(torch.device("cuda", 1), amp=False).name == "float32"
+    assert choose_precision(torch.device("cpu"), amp=True).dtype == torch.float32
