@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import torch
 
-from bench.cli import main
 import bench.perf
+from bench.cli import main
 from bench.perf import PerfConfig, parse_arch_spec, time_training
 
 CPU = torch.device("cpu")
