@@ -79,6 +79,43 @@ def full_label_shares(group: list[CellRow], rows: list[CellRow]) -> list[float] 
     return [r.metrics["best_miou"] / reference.get(r.config["seed"], fallback) for r in group]
 
 
+SUMMARY_FIXED = ("seed", "masker", "fraction", "arch", "loss")  # what varies across a summary table's cells
+
+
+def summary_table(rows: list[CellRow]) -> str | None:
+    """The table at a glance: one row per annotation (masker and labelled %, fewest labels first), one column per
+    architecture · loss; each entry the best mIoU, mean ± std over seeds, with its share of the full-label mIoU where
+    the table has one. None for a single annotation, or when the cells also differ in anything else (a recipe, the
+    dataset): an entry would then mix experiments."""
+    rest = {json.dumps({k: v for k, v in r.config.items() if k not in SUMMARY_FIXED}, sort_keys=True) for r in rows}
+    if len(rest) > 1:
+        return None
+    entries: dict[tuple[tuple[str, float], str], list[CellRow]] = defaultdict(list)
+    for r in rows:
+        annotation = (r.config["masker"]["label"], r.config["fraction"])
+        entries[annotation, f"{r.config['arch']['label']} · {r.config['loss']['label']}"].append(r)
+    labelled = defaultdict(list)
+    for (annotation, _), group in entries.items():
+        labelled[annotation] += [100 * r.metrics["labelled_fraction"] for r in group]
+    annotations = sorted(labelled, key=lambda a: (statistics.mean(labelled[a]), a))
+    if len(annotations) < 2:
+        return None
+    columns = sorted({column for _, column in entries})
+    lines = []
+    for annotation in annotations:
+        line = [f"{annotation[0]} · {statistics.mean(labelled[annotation]):.3g} %"]
+        for column in columns:
+            group = entries.get((annotation, column))
+            if not group:
+                line.append("–")
+                continue
+            text = mean_std([r.metrics["best_miou"] for r in group])
+            shares = full_label_shares(group, rows) if group[0].config["masker"]["name"] != "full" else None
+            line.append(text + (f" ({100 * statistics.mean(shares):.0f} %)" if shares else ""))
+        lines.append(line)
+    return tabulate(lines, headers=["annotation · labelled", *columns], tablefmt="github", disable_numparse=True)
+
+
 def _table(rows: list[CellRow]) -> str:
     groups: dict[str, list[CellRow]] = defaultdict(list)
     for row in rows:
@@ -188,6 +225,12 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
             ),
             "",
             *_component_arguments(table_rows),
+        ]
+        summary = summary_table(table_rows)
+        if summary is not None:
+            out += ["At a glance: best mIoU by annotation and by architecture · loss (mean ± std over seeds; in "
+                    "brackets, the share of the full-label mIoU). Every cell, ranked, below.", "", summary, ""]
+        out += [
             _table(table_rows),
             "",
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.leaderboard import render
+from bench.leaderboard import render, summary_table
 from bench.store import CellRow
 
 
@@ -152,3 +152,47 @@ def test_a_regularised_loss_is_compared_with_the_full_label_cell_of_its_base_los
     (table,) = parse_tables(render(rows, store_path="s"))
     shares = {(line["loss"], line["masker"]): line["% of full-label mIoU"] for line in table}
     assert shares["partial_ce + 0.1 * entropy", "random_pixels"] == f"{100 * 0.45 / 0.50:.1f}"
+
+
+def summary_cells(text: str) -> dict[tuple[str, str], str]:
+    """{(annotation, column): entry} of a summary table's Markdown."""
+    lines = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()]
+    headers, body = lines[0], lines[2:]
+    return {(line[0], header): cell for line in body for header, cell in zip(headers[1:], line[1:], strict=True)}
+
+
+def test_summary_one_row_per_annotation_fewest_labels_first_one_column_per_arch_and_loss():
+    def cell(seed, best, masker="random_pixels", fraction=0.1, measured=0.1, loss="partial_ce", arch="unet"):
+        c = with_masker(row(arch, seed, best), masker, fraction)
+        c.config["loss"] = {**c.config["loss"], "label": loss}
+        c.metrics["labelled_fraction"] = measured
+        return c
+
+    rows = [cell(0, 0.60, "full", 1.0, 1.0), cell(1, 0.50, "full", 1.0, 1.0),
+            cell(0, 0.54), cell(1, 0.50), cell(0, 0.45, "points", 1.0, 0.0005),
+            cell(0, 0.48, "points", 1.0, 0.0005, loss="partial_ce + crf"),
+            cell(0, 0.40, "points", 1.0, 0.0005, arch="unetplusplus")]
+    table = summary_table(rows)
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
+        "points · 0.05 %", "random_pixels · 10 %", "full · 100 %"]
+    cells = summary_cells(table)
+    assert set(column for _, column in cells) == {"unet · partial_ce", "unet · partial_ce + crf",
+                                                  "unetplusplus · partial_ce"}
+    shares = [100 * 0.54 / 0.60, 100 * 0.50 / 0.50]
+    assert cells["random_pixels · 10 %", "unet · partial_ce"] == (
+        f"{statistics.mean([0.54, 0.50]):.3f} ± {statistics.stdev([0.54, 0.50]):.3f} ({statistics.mean(shares):.0f} %)")
+    assert cells["points · 0.05 %", "unet · partial_ce"] == f"0.450 ({100 * 0.45 / 0.60:.0f} %)"  # seed 0's full cell
+    assert cells["points · 0.05 %", "unet · partial_ce + crf"] == f"0.480 ({100 * 0.48 / 0.60:.0f} %)"  # base loss's
+    assert cells["points · 0.05 %", "unetplusplus · partial_ce"] == "0.400"  # no full-label UNet++: no share
+    assert cells["full · 100 %", "unet · partial_ce"] == f"{statistics.mean([0.6, 0.5]):.3f} ± " \
+                                                        f"{statistics.stdev([0.6, 0.5]):.3f}"
+    assert cells["random_pixels · 10 %", "unet · partial_ce + crf"] == "–"
+    assert "At a glance" in render(rows, store_path="s")
+
+
+def test_no_summary_for_one_annotation_or_cells_that_differ_in_their_recipe():
+    assert summary_table([row("unet", 0, 0.5), row("unetplusplus", 0, 0.6)]) is None
+    longer = with_masker(row("unet", 0, 0.6), "full", 1.0)
+    longer.config["recipe"] = {**longer.config["recipe"], "epochs": 30}
+    assert summary_table([row("unet", 0, 0.5), longer]) is None
+    assert "At a glance" not in render([row("unet", 0, 0.5), longer], store_path="s")
