@@ -228,8 +228,9 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
         ]
         summary = summary_table(table_rows)
         if summary is not None:
-            out += ["At a glance: best mIoU by annotation and by architecture · loss (mean ± std over seeds; in "
-                    "brackets, the share of the full-label mIoU). Every cell, ranked, below.", "", summary, ""]
+            caption = ("At a glance: best mIoU by annotation and by architecture · loss (mean ± std over seeds; in "
+                       "brackets, the share of the full-label mIoU). Every cell, ranked, below.")
+            out += [caption, "", summary, ""]
         out += [
             _table(table_rows),
             "",

@@ -176,7 +176,7 @@ def test_summary_one_row_per_annotation_fewest_labels_first_one_column_per_arch_
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
         "points · 0.05 %", "random_pixels · 10 %", "full · 100 %"]
     cells = summary_cells(table)
-    assert set(column for _, column in cells) == {"unet · partial_ce", "unet · partial_ce + crf",
+    assert {column for _, column in cells} == {"unet · partial_ce", "unet · partial_ce + crf",
                                                   "unetplusplus · partial_ce"}
     shares = [100 * 0.54 / 0.60, 100 * 0.50 / 0.50]
     assert cells["random_pixels · 10 %", "unet · partial_ce"] == (
