@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--batch-size", type=positive_int, default=32, help="training batch (default: 32)")
     perf.add_argument("--steps", type=positive_int, default=20, help="timed steps per measurement (default: 20)")
     perf.add_argument("--warmup", type=positive_int, default=5, help="untimed steps first (default: 5)")
+    perf.add_argument("--repeats", type=positive_int, default=3,
+                      help="measurements (epochs) per data path; the median is reported (default: 3)")
     perf.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     perf.add_argument("--compile", action="store_true", help="torch.compile the model (compile time reported apart)")
     perf.add_argument("--workers", type=int,
@@ -342,7 +344,8 @@ def command_perf(args: argparse.Namespace, console: Console) -> int:
         divisor = build_without_weights(arch, 5, 3).size_divisor
         if args.size % divisor:
             raise UserError(f"--arch {arch.label}: needs a tile side divisible by {divisor}, not {args.size}")
-    config = PerfConfig(archs, args.size, args.batch_size, args.steps, args.warmup, args.compile, args.workers)
+    config = PerfConfig(archs, args.size, args.batch_size, args.steps, args.warmup, args.compile, args.workers,
+                        args.repeats)
     device = resolve_device(args.device)
     with console.status(f"measuring {len(archs)} architecture(s) on {device}"):
         report = run_perf(config, device)

@@ -1,9 +1,9 @@
 """``bench perf``: how fast architectures train and evaluate on this device, against what the device can do.
 
 For each architecture, on random tiles of the chosen size: training steps through both data paths (batches made on
-the device, and the DataLoader + albumentations path), timed step by step after a warm-up within one epoch, with the
-device synchronised before every clock read; the mean step gives images/s, and the mean time spent waiting for a batch
-gives the data path's share of the step. FLOPs of one training step are counted with ``torch.utils.flop_counter``;
+the device, and the DataLoader + albumentations path), timed step by step after a warm-up within an epoch, with the
+device synchronised before every clock read, in several epochs; the epoch of median mean step gives images/s, and its
+mean time spent waiting for a batch the data path's share of the step. FLOPs of one training step are counted with ``torch.utils.flop_counter``;
 divided by the step time they give the achieved TFLOP/s, and divided again by a matrix-multiply peak measured in the
 same run in the training precision's dtype (bf16 on recent GPUs, float32 on the CPU), the model FLOP utilisation
 (MFU). Evaluation (one batch, no data path) is timed step by step too, its median reported.
@@ -45,6 +45,7 @@ class PerfConfig:
     warmup: int = 5
     compile: bool = False
     num_workers: int | None = None  # loader path; None: up to 8 on CUDA, 0 on the CPU
+    repeats: int = 3  # measurements per data path, each one epoch: the median of their means is reported
 
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
@@ -75,25 +76,29 @@ def random_tiles(count: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.n
     return images, masks.astype(np.int8)
 
 
-def time_training(batches, train_step: Callable, config: PerfConfig, device: torch.device) -> dict[str, float]:
-    """Mean step and data-wait times over ``config.steps`` steps, after ``config.warmup`` untimed ones, all in one
-    epoch (``batches`` must hold that many): a loader's workers start during the warm-up, and the timed steps wait for
-    whatever the workers do not keep up with. Means, not medians: a median would hide the steps that wait while the
-    others find a batch the workers prepared in advance."""
-    steps, waits = [], []
-    iterator = iter(batches.epoch(0))
-    for index in range(config.warmup + config.steps):
-        started = clock(device)
-        images, target = next(iterator)
-        ready = clock(device)
-        train_step(images, target)
-        done = clock(device)
-        if index >= config.warmup:
-            steps.append(done - started)
-            waits.append(ready - started)
-    step, wait = statistics.mean(steps), statistics.mean(waits)
+def time_training(batches, train_step: Callable, config: PerfConfig, device: torch.device) -> dict[str, Any]:
+    """``config.repeats`` measurements, each one epoch (``batches`` must hold ``warmup + steps`` batches): the mean
+    step and data-wait times of ``config.steps`` steps after ``config.warmup`` untimed ones; reported, the measurement
+    of median step time. Within an epoch means, not medians: a loader's workers start during the warm-up, and a median
+    would hide the steps that wait while the others find a batch the workers prepared in advance. Across epochs the
+    median, against a noisy machine."""
+    measurements = []
+    for epoch in range(config.repeats):
+        steps, waits = [], []
+        iterator = iter(batches.epoch(epoch))
+        for index in range(config.warmup + config.steps):
+            started = clock(device)
+            images, target = next(iterator)
+            ready = clock(device)
+            train_step(images, target)
+            done = clock(device)
+            if index >= config.warmup:
+                steps.append(done - started)
+                waits.append(ready - started)
+        measurements.append((statistics.mean(steps), statistics.mean(waits)))
+    step, wait = sorted(measurements)[(len(measurements) - 1) // 2]
     return {"step_seconds": step, "images_per_second": config.batch_size / step, "data_seconds": wait,
-            "data_share": wait / step}
+            "data_share": wait / step, "repeats_step_seconds": [m[0] for m in measurements]}
 
 
 def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak_tflops: float) -> dict[str, Any]:
@@ -107,7 +112,7 @@ def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak
     optimizer = build_optimizer(model, {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0}, device)
     forward = torch.compile(model) if config.compile else model
     normalize = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), device)
-    # One epoch covers the warm-up and the timed steps of a measurement (see time_training).
+    # One epoch covers the warm-up and the timed steps of one measurement (see time_training).
     images, masks = random_tiles((config.warmup + config.steps) * config.batch_size, config.size)
 
     def train_step(batch_images: torch.Tensor, target: torch.Tensor) -> None:
