@@ -20,7 +20,7 @@ import registry
 from bench import distributed
 from bench.executors import DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow, parse_devices
 from bench.grid import list_grids, load_grid
-from bench.leaderboard import write_leaderboard
+from bench.leaderboard import PLOTS_FOLDER, write_leaderboard
 from bench.runner import STORE_NAME, GridData, check_cells, exclusive, resolve_device, run_grid
 from bench.store import ResultStore
 from registry.core import filter_names
@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--delete", action="store_true",
                        help="remove them from the store, with their checkpoints, and regenerate the leaderboard")
 
+    show = commands.add_parser("show", parents=[plugins, outputs],
+                               help="draw a grid's annotations, and its best cells' predictions, beside the plots")
+    show.add_argument("--grid", required=True, help="a grid name (see `bench list grids`) or a path to a TOML file")
+    show.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                      help="override a value of the grid file, as for bench run; repeatable")
+    show.add_argument("--data-root", type=Path, metavar="PATH", help="the folder of the dataset's files, as for run")
+    show.add_argument("--tiles", type=positive_int, default=3, help="tiles per figure (default: 3)")
+    show.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
     prepare = commands.add_parser("prepare", parents=[plugins],
                                   help="convert a dataset once into the cache that training reads")
     prepare.add_argument("dataset", help="a dataset that reads files, e.g. landcoverai")
@@ -141,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_perf(args, console)
         if args.command == "prune":
             return command_prune(args, console)
+        if args.command == "show":
+            return command_show(args, console)
         return command_leaderboard(args, console)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -244,6 +255,35 @@ def stale_rows(grid, store: ResultStore) -> list:
     """The stored cells filed under the grid's name whose identity the grid, as it now reads, does not have."""
     current = {cell.cell_id for cell in grid.cells}
     return [row for row in store.rows(status=None) if row.grid == grid.name and row.cell_id not in current]
+
+
+def command_show(args: argparse.Namespace, console: Console) -> int:
+    """bench.show's two figures for the grid, in the leaderboard's plots folder; then the leaderboard, which links
+    them, regenerated when there is a store."""
+    from bench.show import write_figures  # drawing from checkpoints is only needed here
+
+    grid = load_grid(args.grid, overrides=args.overrides, data_root=args.data_root)
+    prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
+    store_path = args.out / STORE_NAME
+    rows = []
+    if store_path.exists():
+        store = ResultStore(store_path)
+        try:
+            rows = store.rows("done")
+        finally:
+            store.close()
+    folder = args.leaderboard.parent / PLOTS_FOLDER
+    with console.status(f"drawing grid {grid.name}"):
+        written, missing = write_figures(grid, rows, args.out / "checkpoints", folder, args.tiles,
+                                         resolve_device(args.device))
+    for path in written:
+        console.print(f"written {path}", highlight=False)
+    for label in missing:
+        console.print(f"[yellow]not drawn[/]: {label} (no best.pt of its annotation in {args.out / 'checkpoints'})")
+    if rows:
+        regenerate(args.out, args.leaderboard)
+        console.print(f"leaderboard written to {args.leaderboard}", highlight=False)
+    return 0
 
 
 def command_prune(args: argparse.Namespace, console: Console) -> int:

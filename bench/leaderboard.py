@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from bench.plots import write_plots
+from bench.plots import show_names, write_plots
 from bench.store import CellRow
 
 PLOTS_FOLDER = "plots"
@@ -261,11 +261,15 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
 
 
 def write_leaderboard(rows: Iterable[CellRow], failed: Iterable[CellRow], path: Path, store_path: str) -> None:
-    """``path`` and, in a folder ``plots/`` beside it, each table's label-efficiency and training-curves PNGs."""
+    """``path`` and, in a folder ``plots/`` beside it, each table's label-efficiency and training-curves PNGs (linked
+    under the table with the figures of ``bench show``, where they exist)."""
     path = Path(path)
     rows = list(rows)
     written = write_plots(rows, path.parent / PLOTS_FOLDER)
     links = {table: [(alt, f"{PLOTS_FOLDER}/{name}") for alt, name in images] for table, images in written.items()}
+    for (dataset, grid), images in links.items():  # bench show's figures, where it has drawn them
+        images += [(alt, f"{PLOTS_FOLDER}/{name}") for alt, name in show_names(dataset, grid).items()
+                   if (path.parent / PLOTS_FOLDER / name).exists()]
     temporary = path.with_suffix(".md.tmp")
     temporary.write_text(render(rows, failed, store_path, links), encoding="utf-8")
     temporary.replace(path)

@@ -3,10 +3,11 @@
 For each architecture, on random tiles of the chosen size: training steps through both data paths (batches made on
 the device, and the DataLoader + albumentations path), timed step by step after a warm-up within an epoch, with the
 device synchronised before every clock read, in several epochs; the epoch of median mean step gives images/s, and its
-mean time spent waiting for a batch the data path's share of the step. FLOPs of one training step are counted with ``torch.utils.flop_counter``;
-divided by the step time they give the achieved TFLOP/s, and divided again by a matrix-multiply peak measured in the
-same run in the training precision's dtype (bf16 on recent GPUs, float32 on the CPU), the model FLOP utilisation
-(MFU). Evaluation (one batch, no data path) is timed step by step too, its median reported.
+mean time spent waiting for a batch the data path's share of the step. FLOPs of one training step are counted with
+``torch.utils.flop_counter``; divided by the step time they give the achieved TFLOP/s, and divided again by a
+matrix-multiply peak measured in the same run in the training precision's dtype (bf16 on recent GPUs, float32 on the
+CPU), the model FLOP utilisation (MFU). Evaluation (one batch, no data path) is timed step by step too, its median
+reported.
 """
 
 from __future__ import annotations

@@ -133,7 +133,9 @@ def _legend_below(figure: Figure, ax) -> None:
         figure.legend(handles, labels, loc="outside lower center", fontsize="small", frameon=False)
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_png(figure: Figure, path: Path) -> None:
+    """The figure as a PNG without software metadata (identical bytes for identical figures), through a temporary
+    file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
@@ -219,7 +221,7 @@ def training_curves_plot(rows: Iterable[CellRow], path: Path) -> Figure:
         ordered = sorted(legend)
         figure.legend([legend[k] for k in ordered], ordered, loc="outside lower center", fontsize="small",
                       frameon=False)
-    _save(figure, path)
+    save_png(figure, path)
     return figure
 
 
@@ -230,7 +232,7 @@ def _finish(figure: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     _legend_below(figure, ax)
-    _save(figure, path)
+    save_png(figure, path)
     return figure
 
 
@@ -243,6 +245,12 @@ def plot_names(dataset: str, grid: str) -> dict[str, str]:
     """``{alt text: file name}`` of a table's plots."""
     stem = f"{safe_name(dataset)}-{safe_name(grid)}"
     return {"label efficiency": f"{stem}-label-efficiency.png", "training curves": f"{stem}-curves.png"}
+
+
+def show_names(dataset: str, grid: str) -> dict[str, str]:
+    """``{alt text: file name}`` of the figures ``bench show`` writes for a table (bench.show)."""
+    stem = f"{safe_name(dataset)}-{safe_name(grid)}"
+    return {"annotations": f"{stem}-annotations.png", "predictions": f"{stem}-predictions.png"}
 
 
 def write_plots(rows: Iterable[CellRow], folder: Path) -> dict[tuple[str, str], list[tuple[str, str]]]:

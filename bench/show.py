@@ -1,0 +1,200 @@
+"""``bench show``: what a grid's annotations and trained models look like, as two figures beside the leaderboard's
+plots.
+
+- **annotations**: a few training tiles, their full labels, and the labels each annotation of the grid keeps on them
+  (the very masks its cells trained on, for the grid's first seed);
+- **predictions**: a few validation tiles, their labels, and the prediction of the best finished cell of each
+  annotation (by best validation mIoU, across architectures, losses and seeds) among those whose ``best.pt`` is in
+  the output folder: the weights that were scored.
+
+Tiles are chosen for showing many classes: among the first ``CANDIDATES`` of a split, those with the most classes
+present, then the lowest index. Labelled pixels are drawn in their class's colour over the image in grey; where an
+annotation keeps under ``SPARSE`` of a tile's pixels, each labelled pixel is also ringed, so that single points show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+import registry
+from bench.cell_job import GridData
+from bench.data import Normalizer, partial_masks
+from bench.grid import Cell, Grid
+from bench.plots import save_png, show_names
+from bench.store import CellRow
+
+CANDIDATES = 64
+SPARSE = 0.02
+PANEL = 1.7  # inches per tile
+# LandCover.ai's classes (and the built-in dataset's) in map-like colours; other class names get matplotlib's cycle.
+PALETTE = {"background": "#e6dfc8", "building": "#d62728", "woodland": "#2ca02c", "water": "#1f77b4",
+           "road": "#3a3a3a"}
+
+
+def class_colours(class_names: Sequence[str]) -> np.ndarray:
+    """RGB in 0..1 per class, ``[C, 3]``."""
+    return np.array([to_rgb(PALETTE.get(name, f"C{index % 10}")) for index, name in enumerate(class_names)])
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """The image in faded grey, with each labelled pixel (``mask >= 0``) in its class's colour: RGB ``[H, W, 3]``."""
+    grey = image.astype(np.float64).mean(axis=-1, keepdims=True) / 255.0
+    out = np.repeat(0.55 + 0.35 * grey, 3, axis=-1)
+    labelled = mask >= 0
+    out[labelled] = colours[mask[labelled]]
+    return out
+
+
+def colour_labels(mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """A fully labelled mask as RGB ``[H, W, 3]``."""
+    return colours[mask.astype(np.int64)]
+
+
+def tiles_to_show(masks: np.ndarray, count: int) -> list[int]:
+    """Indices of ``count`` tiles showing many classes (see the module docstring)."""
+    candidates = range(min(CANDIDATES, len(masks)))
+    return sorted(candidates, key=lambda i: (-len(np.unique(masks[i])), i))[:count]
+
+
+def annotations(grid: Grid) -> list[Cell]:
+    """One cell per annotation of the grid (masker and fraction), full labels left out, in grid order."""
+    seen: dict[tuple[str, float], Cell] = {}
+    for cell in grid.cells:
+        if cell.masker.name != "full":
+            seen.setdefault((cell.masker.label, cell.fraction), cell)
+    return list(seen.values())
+
+
+def _grid_of_axes(rows: int, columns: int, legend: bool) -> tuple[Figure, np.ndarray]:
+    figure = Figure(figsize=(PANEL * columns, PANEL * rows + (0.6 if legend else 0) + 0.5), dpi=100,
+                    layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return figure, axes
+
+
+def _legend(figure: Figure, class_names: Sequence[str], colours: np.ndarray) -> None:
+    handles = [Patch(color=colour, label=name) for name, colour in zip(class_names, colours, strict=True)]
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small", frameon=False)
+
+
+def _show(ax, picture: np.ndarray, mask: np.ndarray | None = None, colours: np.ndarray | None = None) -> None:
+    ax.imshow(picture, interpolation="nearest")
+    if mask is not None and 0 < (mask >= 0).mean() < SPARSE:
+        ys, xs = np.nonzero(mask >= 0)
+        ax.scatter(xs, ys, s=28, facecolors="none", edgecolors=colours[mask[ys, xs]], linewidths=1.2)
+
+
+def annotations_figure(grid: Grid, data: GridData, tiles: int) -> Figure:
+    """Training tiles (rows): the image, the full labels, then what each annotation of the grid keeps."""
+    images, full = data.dataset.split("train")
+    chosen = tiles_to_show(full, tiles)
+    names = list(data.dataset.class_names)
+    colours = class_colours(names)
+    columns = annotations(grid)
+    kept = []
+    for cell in columns:  # the first tiles' masks are the same whether the masker runs on them or on the whole split
+        masker = registry.create_masker(cell.masker.name, **cell.masker.kwargs)
+        kept.append(partial_masks(full[:max(chosen) + 1], masker, cell.fraction, cell.seed))
+    figure, axes = _grid_of_axes(len(chosen), 2 + len(columns), legend=True)
+    for row, index in enumerate(chosen):
+        _show(axes[row, 0], images[index])
+        _show(axes[row, 1], colour_labels(full[index], colours))
+        for column, (cell, masks) in enumerate(zip(columns, kept, strict=True), start=2):
+            _show(axes[row, column], overlay(images[index], masks[index], colours), masks[index], colours)
+    axes[0, 0].set_title("image", fontsize="small")
+    axes[0, 1].set_title("full labels", fontsize="small")
+    for column, (cell, masks) in enumerate(zip(columns, kept, strict=True), start=2):
+        share = 100 * float((masks >= 0).mean())
+        axes[0, column].set_title(f"{cell.masker.label}\n{share:.3g} % labelled here", fontsize="small")
+    figure.suptitle(f"{grid.dataset.name} · grid {grid.name}: annotations (training tiles, seed {grid.cells[0].seed})")
+    _legend(figure, names, colours)
+    return figure
+
+
+def best_cells(grid: Grid, rows: Sequence[CellRow]) -> list[CellRow]:
+    """The best finished cell of each annotation of the grid (full labels included, last), by best validation mIoU."""
+    current = {cell.cell_id: cell for cell in grid.cells}
+    best: dict[tuple[str, float], CellRow] = {}
+    for row in rows:
+        cell = current.get(row.cell_id)
+        if cell is None or row.status != "done":
+            continue
+        key = (cell.masker.label, cell.fraction)
+        if key not in best or row.metrics["best_miou"] > best[key].metrics["best_miou"]:
+            best[key] = row
+    order = {(cell.masker.label, cell.fraction): i for i, cell in reversed(list(enumerate(grid.cells)))}
+    return sorted(best.values(), key=lambda r: (r.config["masker"]["name"] == "full",
+                                                order[r.config["masker"]["label"], r.config["fraction"]]))
+
+
+@torch.inference_mode()
+def predict(cell: Cell, checkpoint: Path, images: np.ndarray, data: GridData, device: torch.device) -> np.ndarray:
+    """The cell's best.pt applied to uint8 tiles ``[N, H, W, C]``: class indices ``[N, H, W]``."""
+    model = registry.create_arch(cell.arch.name, num_classes=data.dataset.num_classes, in_chans=images.shape[-1],
+                                 **cell.arch.build_kwargs)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    normalize = Normalizer(data.dataset.mean, data.dataset.std, device)
+    batch = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+    return model(normalize.scale(batch)).argmax(1).cpu().numpy()
+
+
+def predictions_figure(grid: Grid, data: GridData, rows: Sequence[CellRow], checkpoints: Path, tiles: int,
+                       device: torch.device) -> Figure:
+    """Validation tiles (rows): the image, its labels, then the prediction of the best cell of each annotation."""
+    images, truth = data.dataset.split("val")
+    chosen = tiles_to_show(truth, tiles)
+    names = list(data.dataset.class_names)
+    colours = class_colours(names)
+    current = {cell.cell_id: cell for cell in grid.cells}
+    shown = best_cells(grid, [row for row in rows if (checkpoints / row.cell_id / "best.pt").exists()])
+    predicted = [predict(current[row.cell_id], checkpoints / row.cell_id / "best.pt", images[chosen], data, device)
+                 for row in shown]
+    figure, axes = _grid_of_axes(len(chosen), 2 + len(shown), legend=True)
+    for row_index, index in enumerate(chosen):
+        _show(axes[row_index, 0], images[index])
+        _show(axes[row_index, 1], colour_labels(truth[index], colours))
+        for column, labels in enumerate(predicted, start=2):
+            _show(axes[row_index, column], colour_labels(labels[row_index], colours))
+    axes[0, 0].set_title("image", fontsize="small")
+    axes[0, 1].set_title("labels", fontsize="small")
+    for column, row in enumerate(shown, start=2):
+        config = row.config
+        axes[0, column].set_title(f"{config['masker']['label']} {100 * row.metrics['labelled_fraction']:.3g} %\n"
+                                  f"{config['loss']['label']}\n{config['arch']['label']} · seed {config['seed']} · "
+                                  f"mIoU {row.metrics['best_miou']:.3f}", fontsize="x-small")
+    figure.suptitle(f"{grid.dataset.name} · grid {grid.name}: predictions of the best cell of each annotation "
+                    "(validation tiles)")
+    _legend(figure, names, colours)
+    return figure
+
+
+def write_figures(grid: Grid, rows: Sequence[CellRow], checkpoints: Path, folder: Path, tiles: int,
+                  device: torch.device) -> tuple[list[Path], list[str]]:
+    """Both figures into ``folder``, the predictions only when a cell of the grid has finished; returns the files
+    written and the finished cells left out of the predictions because their ``best.pt`` is not there (the best cell
+    of an annotation of which no cell has its weights)."""
+    data = GridData(grid)
+    names = show_names(grid.dataset.name, grid.name)
+    written = [Path(folder) / names["annotations"]]
+    save_png(annotations_figure(grid, data, tiles), written[0])
+    finished = best_cells(grid, rows)
+    if finished:
+        written.append(Path(folder) / names["predictions"])
+        save_png(predictions_figure(grid, data, rows, checkpoints, tiles, device), written[1])
+    with_weights = {(r.config["masker"]["label"], r.config["fraction"])
+                    for r in best_cells(grid, [r for r in rows if (checkpoints / r.cell_id / "best.pt").exists()])}
+    missing = [r.label for r in finished if (r.config["masker"]["label"], r.config["fraction"]) not in with_weights]
+    return written, missing
