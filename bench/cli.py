@@ -191,6 +191,10 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
         getattr(executor, "shutdown", lambda: None)()
     if events.results:
         console.print(events.summary_table())
+    try:  # from this store, so that the leaderboard never links another run's figures
+        draw_figures(grid, args.out, args.leaderboard, device, console)
+    except Exception as err:  # noqa: BLE001  (the figures are extras: the leaderboard must not depend on them)
+        console.print(f"[yellow]figures not drawn[/]: {type(err).__name__}: {err}", soft_wrap=True)
     regenerate(args.out, args.leaderboard)
     console.print(f"{len(summary.done)} cells run, {len(summary.skipped)} already finished, "
                   f"{len(summary.failed)} failed; leaderboard written to {args.leaderboard}")
@@ -258,32 +262,36 @@ def stale_rows(grid, store: ResultStore) -> list:
 
 
 def command_show(args: argparse.Namespace, console: Console) -> int:
-    """bench.show's two figures for the grid, in the leaderboard's plots folder; then the leaderboard, which links
-    them, regenerated when there is a store."""
-    from bench.show import write_figures  # drawing from checkpoints is only needed here
-
+    """bench.show's two figures for the grid (bench run draws them too, after the grid), then the leaderboard, which
+    links them, regenerated when there is a store."""
     grid = load_grid(args.grid, overrides=args.overrides, data_root=args.data_root)
     prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
-    store_path = args.out / STORE_NAME
+    for path in draw_figures(grid, args.out, args.leaderboard, resolve_device(args.device), console, args.tiles):
+        console.print(f"written {path}", highlight=False)
+    if (args.out / STORE_NAME).exists():
+        regenerate(args.out, args.leaderboard)
+        console.print(f"leaderboard written to {args.leaderboard}", highlight=False)
+    return 0
+
+
+def draw_figures(grid, out: Path, leaderboard: Path, device, console: Console, tiles: int = 3) -> list[Path]:
+    """bench.show's figures of the grid from the store and checkpoints in ``out``, into the leaderboard's plots
+    folder; says which finished cells it could not draw. Returns the files written."""
+    from bench.show import write_figures  # drawing from checkpoints is only needed here
+
     rows = []
-    if store_path.exists():
-        store = ResultStore(store_path)
+    if (out / STORE_NAME).exists():
+        store = ResultStore(out / STORE_NAME)
         try:
             rows = store.rows("done")
         finally:
             store.close()
-    folder = args.leaderboard.parent / PLOTS_FOLDER
     with console.status(f"drawing grid {grid.name}"):
-        written, missing = write_figures(grid, rows, args.out / "checkpoints", folder, args.tiles,
-                                         resolve_device(args.device))
-    for path in written:
-        console.print(f"written {path}", highlight=False)
+        written, missing = write_figures(grid, rows, out / "checkpoints", leaderboard.parent / PLOTS_FOLDER, tiles,
+                                         device)
     for label in missing:
-        console.print(f"[yellow]not drawn[/]: {label} (no best.pt of its annotation in {args.out / 'checkpoints'})")
-    if rows:
-        regenerate(args.out, args.leaderboard)
-        console.print(f"leaderboard written to {args.leaderboard}", highlight=False)
-    return 0
+        console.print(f"[yellow]not drawn[/]: {label} (no best.pt of its annotation in {out / 'checkpoints'})")
+    return written
 
 
 def command_prune(args: argparse.Namespace, console: Console) -> int:

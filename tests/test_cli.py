@@ -51,6 +51,9 @@ def test_smoke_grid_runs_and_writes_store_and_leaderboard(smoke_run):
     for cell in SMOKE.cells:
         assert (work / "runs" / "checkpoints" / cell.cell_id / "best.pt").exists()
         assert not (work / "runs" / "checkpoints" / cell.cell_id / "last.pt").exists()
+    for figure in ("label-efficiency", "curves", "annotations", "predictions"):  # drawn by this run, and linked
+        assert (work / "plots" / f"synthetic-smoke-{figure}.png").exists()
+        assert f"(plots/synthetic-smoke-{figure}.png)" in board
 
 
 def test_stored_metrics_are_complete(smoke_run):
