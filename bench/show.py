@@ -2,7 +2,7 @@
 plots.
 
 - **annotations**: a few training tiles, their full labels, and the labels each annotation of the grid keeps on them
-  (the very masks its cells trained on, for the grid's first seed);
+  (the very masks its cells trained on, for the grid's first seed where the annotation ran with it);
 - **predictions**: a few validation tiles, their labels, and the prediction of the best finished cell of each
   annotation (by best validation mIoU, across architectures, losses and seeds) among those whose ``best.pt`` is in
   the output folder: the weights that were scored.
@@ -65,12 +65,15 @@ def tiles_to_show(masks: np.ndarray, count: int) -> list[int]:
 
 
 def annotations(grid: Grid) -> list[Cell]:
-    """One cell per annotation of the grid (masker and fraction), full labels left out, in grid order."""
+    """One cell per annotation of the grid (masker and fraction), full labels left out, in grid order: a cell of the
+    grid's first seed where the annotation has one."""
+    first_seed = grid.cells[0].seed
     seen: dict[tuple[str, float], Cell] = {}
-    for cell in grid.cells:
+    for cell in sorted(grid.cells, key=lambda c: c.seed != first_seed):  # stable: grid order within each group
         if cell.masker.name != "full":
             seen.setdefault((cell.masker.label, cell.fraction), cell)
-    return list(seen.values())
+    order = {cell.cell_id: index for index, cell in enumerate(grid.cells)}
+    return sorted(seen.values(), key=lambda cell: order[cell.cell_id])
 
 
 def _grid_of_axes(rows: int, columns: int, legend: bool) -> tuple[Figure, np.ndarray]:
@@ -116,9 +119,11 @@ def annotations_figure(grid: Grid, data: GridData, tiles: int) -> Figure:
     axes[0, 0].set_title("image", fontsize="small")
     axes[0, 1].set_title("full labels", fontsize="small")
     for column, (cell, masks) in enumerate(zip(columns, kept, strict=True), start=2):
-        share = 100 * float((masks >= 0).mean())
+        share = 100 * float((masks[chosen] >= 0).mean())
         axes[0, column].set_title(f"{cell.masker.label}\n{share:.3g} % labelled here", fontsize="small")
-    figure.suptitle(f"{grid.dataset.name} · grid {grid.name}: annotations (training tiles, seed {grid.cells[0].seed})")
+    seeds = sorted({cell.seed for cell in columns}) or [grid.cells[0].seed]
+    figure.suptitle(f"{grid.dataset.name} · grid {grid.name}: annotations (training tiles, seed "
+                    f"{', '.join(map(str, seeds))})")
     _legend(figure, names, colours)
     return figure
 
