@@ -9,6 +9,8 @@ with the decorators).
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Any
 
 from registry.core import DuplicateNameError, Registry, UnknownNameError, import_plugin_module
@@ -95,6 +97,15 @@ def _check_masker(name: str, masker: Any) -> None:
     _check_callable("masker")(name, masker)
     if not isinstance(getattr(masker, "uses_fraction", None), bool):
         raise TypeError(f"masker {name!r} has no bool attribute uses_fraction")
+    check = getattr(masker, "check", None)
+    if check is not None:
+        try:
+            inspect.signature(check).bind(1, 1, 1.0)
+        except TypeError:
+            raise TypeError(f"masker {name!r}: check must take (height, width, fraction), "
+                            f"not {inspect.signature(check)}") from None
+        except ValueError:  # no inspectable signature: the call will say
+            pass
 
 
 def _check_dataset(name: str, dataset: Any) -> None:

@@ -126,3 +126,22 @@ def test_partial_masks_refuses_a_masker_that_invents_labels():
 
     with pytest.raises(ValueError, match="not a partial copy"):
         partial_masks(masks, liar, 0.5, seed=0)
+
+
+def test_a_masker_whose_check_does_not_take_the_fraction_is_refused_when_built():
+    """The contract's check(height, width, fraction): an entry written for an older two-argument check is named."""
+    class OldCheck:
+        uses_fraction = True
+
+        def check(self, height, width):
+            pass
+
+        def __call__(self, full_mask, fraction, generator):
+            return full_mask.clone()
+
+    registry.register_masker("old_check_masker")(OldCheck)
+    try:
+        with pytest.raises(TypeError, match=r"masker 'old_check_masker': check must take \(height, width, fraction\)"):
+            registry.create_masker("old_check_masker")
+    finally:
+        registry.MASKERS._entries.pop("old_check_masker")
