@@ -10,7 +10,6 @@ with the decorators).
 from __future__ import annotations
 
 import inspect
-
 from typing import Any
 
 from registry.core import DuplicateNameError, Registry, UnknownNameError, import_plugin_module
