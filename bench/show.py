@@ -69,11 +69,11 @@ def annotations(grid: Grid) -> list[Cell]:
     grid's first seed where the annotation has one."""
     first_seed = grid.cells[0].seed
     seen: dict[tuple[str, float], Cell] = {}
-    for cell in sorted(grid.cells, key=lambda c: c.seed != first_seed):  # stable: grid order within each group
-        if cell.masker.name != "full":
-            seen.setdefault((cell.masker.label, cell.fraction), cell)
-    order = {cell.cell_id: index for index, cell in enumerate(grid.cells)}
-    return sorted(seen.values(), key=lambda cell: order[cell.cell_id])
+    for cell in grid.cells:
+        key = (cell.masker.label, cell.fraction)
+        if cell.masker.name != "full" and (key not in seen or cell.seed == first_seed != seen[key].seed):
+            seen[key] = cell
+    return list(seen.values())
 
 
 def _grid_of_axes(rows: int, columns: int, legend: bool) -> tuple[Figure, np.ndarray]:
@@ -139,7 +139,9 @@ def best_cells(grid: Grid, rows: Sequence[CellRow]) -> list[CellRow]:
         key = (cell.masker.label, cell.fraction)
         if key not in best or row.metrics["best_miou"] > best[key].metrics["best_miou"]:
             best[key] = row
-    order = {(cell.masker.label, cell.fraction): i for i, cell in reversed(list(enumerate(grid.cells)))}
+    order: dict[tuple[str, float], int] = {}
+    for index, cell in enumerate(grid.cells):
+        order.setdefault((cell.masker.label, cell.fraction), index)
     return sorted(best.values(), key=lambda r: (r.config["masker"]["name"] == "full",
                                                 order[r.config["masker"]["label"], r.config["fraction"]]))
 
@@ -156,15 +158,15 @@ def predict(cell: Cell, checkpoint: Path, images: np.ndarray, data: GridData, de
     return model(normalize.scale(batch)).argmax(1).cpu().numpy()
 
 
-def predictions_figure(grid: Grid, data: GridData, rows: Sequence[CellRow], checkpoints: Path, tiles: int,
+def predictions_figure(grid: Grid, data: GridData, shown: Sequence[CellRow], checkpoints: Path, tiles: int,
                        device: torch.device) -> Figure:
-    """Validation tiles (rows): the image, its labels, then the prediction of the best cell of each annotation."""
+    """Validation tiles (rows): the image, its labels, then the prediction of each cell in ``shown`` (the best of
+    each annotation among the cells with weights)."""
     images, truth = data.dataset.split("val")
     chosen = tiles_to_show(truth, tiles)
     names = list(data.dataset.class_names)
     colours = class_colours(names)
     current = {cell.cell_id: cell for cell in grid.cells}
-    shown = best_cells(grid, [row for row in rows if (checkpoints / row.cell_id / "best.pt").exists()])
     predicted = [predict(current[row.cell_id], checkpoints / row.cell_id / "best.pt", images[chosen], data, device)
                  for row in shown]
     figure, axes = _grid_of_axes(len(chosen), 2 + len(shown), legend=True)
@@ -196,10 +198,10 @@ def write_figures(grid: Grid, rows: Sequence[CellRow], checkpoints: Path, folder
     written = [Path(folder) / names["annotations"]]
     save_png(annotations_figure(grid, data, tiles), written[0])
     finished = best_cells(grid, rows)
+    shown = best_cells(grid, [row for row in rows if (checkpoints / row.cell_id / "best.pt").exists()])
     if finished:
         written.append(Path(folder) / names["predictions"])
-        save_png(predictions_figure(grid, data, rows, checkpoints, tiles, device), written[1])
-    with_weights = {(r.config["masker"]["label"], r.config["fraction"])
-                    for r in best_cells(grid, [r for r in rows if (checkpoints / r.cell_id / "best.pt").exists()])}
-    missing = [r.label for r in finished if (r.config["masker"]["label"], r.config["fraction"]) not in with_weights]
+        save_png(predictions_figure(grid, data, shown, checkpoints, tiles, device), written[1])
+    drawn = {(row.config["masker"]["label"], row.config["fraction"]) for row in shown}
+    missing = [row.label for row in finished if (row.config["masker"]["label"], row.config["fraction"]) not in drawn]
     return written, missing
