@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# The GPU measurements this project still owes (docs/perf.md "GPU", docs/scale-out.md "How fast"), in two steps that
-# each fit one 10-minute call on a lent GPU machine. Run from the repository root:
+# The GPU measurements this project still owes (docs/perf.md "GPU", docs/scale-out.md "How fast"), as steps to run in
+# few device calls: a session is lent 15 minutes of GPU time in all, the machine's start included. Run from the
+# repository root with the steps in order of need (docs/perf.md says how to split them over calls):
 #
-#   scripts/gpu-checks.sh perf       # bench perf and bench perf --compile at the reference size (384 px, batch 32)
-#   scripts/gpu-checks.sh grids      # the default grid on the GPU, then again with two workers sharing it
-#   scripts/gpu-checks.sh reference  # 2 epochs of the reference experiment's UNet on a LandCover.ai-sized stand-in
+#   scripts/gpu-checks.sh perf grids compile reference
 #
-# Everything is written under $OUT (default /tmp/gpu-checks): the JSON records, the logs, the device's description.
+#   perf       bench perf at the reference size (UNet-64 and UNet++-64, 384 px, batch 32), both data paths
+#   grids      the default grid with one worker on the GPU, then with two workers sharing it
+#   compile    bench perf --compile
+#   reference  2 epochs of the reference experiment's UNet on a LandCover.ai-sized stand-in (7470 + 1602 tiles)
+#
+# Everything goes to $OUT (default /tmp/gpu-checks), at most two files a step plus device.txt, named so that the
+# device tool brings them back: device.txt (the device, and each step's wall time), perf.json and perf.log,
+# grids.json and grids.log, perf-compile.json and perf-compile.log, reference.json and reference.log.
 # A machine whose Python lacks some of this project's dependencies can be given them as wheels in .whl/ (see
-# docs/perf.md); they are installed into /tmp/site first. EXTRA_PERF_ARGS adds options to both bench perf runs (a
-# smaller --size or --steps to try the script on a CPU).
+# docs/perf.md); they are installed into /tmp/site first. To try the script on a CPU, shrink the work:
+# EXTRA_PERF_ARGS adds options to both bench perf runs, GRID_DEVICES replaces the grids' --devices values ("0 0,0"),
+# REFERENCE_TILES the reference's "size train val" ("384 7470 1602").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-checks}
@@ -28,45 +35,68 @@ describe() {
     "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 }
 
-histories() {  # every stored cell's per-epoch history (train and eval seconds, mIoU), as JSON
+histories() {  # histories NAME=RESULTS.sqlite ...: every stored cell's per-epoch history (seconds, mIoU), as JSON
     "$python" -c "import json, sqlite3, sys
-rows = sqlite3.connect(sys.argv[1]).execute('SELECT label, history FROM cells')
-print(json.dumps({label: json.loads(history) for label, history in rows}, indent=1))" "$1"
+runs = dict(argument.split('=', 1) for argument in sys.argv[1:])
+print(json.dumps({name: {label: json.loads(history) for label, history in
+                         sqlite3.connect(path).execute('SELECT label, history FROM cells')}
+                  for name, path in runs.items()}, indent=1))" "$@"
 }
 
-case "${1:-}" in
-perf)
-    describe | tee "$out/device.txt"
+step_perf() {  # step_perf NAME [OPTIONS]: bench perf to NAME.json and NAME.log
+    local name=$1
+    shift
     # shellcheck disable=SC2086  # EXTRA_PERF_ARGS is a list of options
-    "$python" -m bench perf --json "$out/perf.json" ${EXTRA_PERF_ARGS:-} 2>&1 | tee "$out/perf.log"
-    "$python" -m bench perf --compile --json "$out/perf-compile.json" ${EXTRA_PERF_ARGS:-} 2>&1 \
-        | tee "$out/perf-compile.log"
-    ;;
-grids)
-    describe | tee "$out/device.txt"
-    # One worker on the GPU (the device-resident path, bf16, fused Adam), then two workers sharing it.
-    for devices in 0 0,0; do
-        started=$SECONDS
-        "$python" -m bench run --grid default --devices "$devices" --out "/tmp/gpu-runs-$devices" \
-            --leaderboard "$out/leaderboard-$devices.md" 2>&1 | tee "$out/grid-$devices.log"
-        echo "--devices $devices: $((SECONDS - started)) s" | tee -a "$out/device.txt"
+    "$python" -m bench perf --json "$out/$name.json" "$@" ${EXTRA_PERF_ARGS:-} 2>&1 | tee "$out/$name.log"
+}
+
+step_grids() {
+    # The device-resident path, bf16 and the fused Adam; then two workers sharing the GPU.
+    local runs=()
+    for devices in ${GRID_DEVICES:-0 0,0}; do
+        local started=$SECONDS folder="/tmp/gpu-runs-${devices//,/-}"
+        "$python" -m bench run --grid default --devices "$devices" --out "$folder" \
+            --leaderboard "$folder/leaderboard.md" 2>&1 | tee -a "$out/grids.log"
+        echo "grid default --devices $devices: $((SECONDS - started)) s" | tee -a "$out/device.txt"
+        runs+=("$devices=$folder/results.sqlite")
     done
-    histories /tmp/gpu-runs-0/results.sqlite > "$out/grid-0.json"
-    ;;
-reference)
-    describe | tee "$out/device.txt"
-    # The seed grid's recipe and UNet on the built-in generator's tiles at LandCover.ai's size (7470 training and 1602
-    # validation tiles of 384 px, generated in a few minutes): its time per epoch against the reference's 90 s on an
-    # A100. Two epochs, so that the first (cuDNN autotuning) is not the only one.
+    histories "${runs[@]}" > "$out/grids.json"
+}
+
+step_reference() {
+    # The seed grid's recipe and UNet on the built-in generator's tiles at LandCover.ai's size, generated by a pool
+    # of processes: its time per epoch against the reference's 90 s on an A100. Two epochs, so that the first (cuDNN
+    # autotuning) is not the only one.
+    local size train val
+    read -r size train val <<< "${REFERENCE_TILES:-384 7470 1602}"
     "$python" -m bench run --grid seed \
-        --set 'dataset={ name = "synthetic", tile_size = 384, train_size = 7470, val_size = 1602, test_size = 0 }' \
+        --set "dataset={ name = \"synthetic\", tile_size = $size, train_size = $train, val_size = $val, test_size = 0 }" \
         --set 'axes.archs=[{ name = "unet", label = "UNet", base_channels = 64, upsampling = "bilinear" }]' \
         --set 'axes.fractions=[0.1]' --set recipe.epochs=2 --out /tmp/gpu-runs-reference \
-        --leaderboard "$out/leaderboard-reference.md" 2>&1 | tee "$out/reference.log"
-    histories /tmp/gpu-runs-reference/results.sqlite > "$out/reference.json"
-    ;;
-*)
-    echo "usage: scripts/gpu-checks.sh perf|grids|reference" >&2
+        --leaderboard /tmp/gpu-runs-reference/leaderboard.md 2>&1 | tee "$out/reference.log"
+    histories "reference=/tmp/gpu-runs-reference/results.sqlite" > "$out/reference.json"
+}
+
+if [ $# -eq 0 ]; then
+    echo "usage: scripts/gpu-checks.sh STEP ... (steps: perf grids compile reference)" >&2
     exit 2
-    ;;
-esac
+fi
+describe | tee -a "$out/device.txt"
+status=0
+for step in "$@"; do
+    started=$SECONDS
+    case "$step" in
+    perf) step_perf perf ;;
+    grids) step_grids ;;
+    compile) step_perf perf-compile --compile ;;
+    reference) step_reference ;;
+    *)
+        echo "unknown step $step (steps: perf grids compile reference)" >&2
+        exit 2
+        ;;
+    esac
+    code=$?
+    echo "step $step: exit $code, $((SECONDS - started)) s" | tee -a "$out/device.txt"
+    [ "$code" -eq 0 ] || status=1
+done
+exit $status
