@@ -7,6 +7,7 @@ same command resumes it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import shutil
 import sys
 import time
@@ -19,6 +20,7 @@ from rich.table import Table
 import registry
 from bench import distributed
 from bench.executors import DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow, parse_devices
+from bench.export import FORMATS
 from bench.grid import list_grids, load_grid
 from bench.leaderboard import PLOTS_FOLDER, write_leaderboard
 from bench.runner import STORE_NAME, GridData, check_cells, exclusive, resolve_device, run_grid
@@ -48,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = argparse.ArgumentParser(add_help=False)
     plugins.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                          help="import a module (dotted name or .py file) that registers entries; repeatable")
-    outputs = argparse.ArgumentParser(add_help=False)
-    outputs.add_argument("--out", type=Path, default=Path("runs"), help="folder of the results store (default: runs)")
+    store_folder = argparse.ArgumentParser(add_help=False)
+    store_folder.add_argument("--out", type=Path, default=Path("runs"),
+                              help="folder of the results store (default: runs)")
+    outputs = argparse.ArgumentParser(add_help=False, parents=[store_folder])
     outputs.add_argument("--leaderboard", type=Path, default=Path("leaderboard.md"),
                          help="where to write the leaderboard (default: leaderboard.md)")
 
@@ -88,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
 
     commands.add_parser("leaderboard", parents=[outputs], help="regenerate the leaderboard from the store")
+
+    export = commands.add_parser("export", parents=[store_folder], help="write the stored cells as CSV or JSON")
+    export.add_argument("--grid", action="append", dest="grids", metavar="NAME",
+                        help="only the cells of this grid (its name, as the leaderboard shows it); repeatable")
+    export.add_argument("--all", action="store_true",
+                        help="also the cells that are not finished: failed, interrupted or running")
+    export.add_argument("--format", choices=FORMATS, help="csv or json (default: json for an --output ending in "
+                                                          ".json, else csv)")
+    export.add_argument("--output", "-o", default="-", metavar="PATH", help="file to write (default: standard output)")
 
     prune = commands.add_parser("prune", parents=[outputs],
                                 help="list (and with --delete, forget) stored cells that a grid no longer has")
@@ -152,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_prune(args, console)
         if args.command == "show":
             return command_show(args, console)
+        if args.command == "export":
+            return command_export(args, console)
         return command_leaderboard(args, console)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -400,6 +415,31 @@ def command_perf(args: argparse.Namespace, console: Console) -> int:
     console.print(perf_table(report), soft_wrap=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     console.print(f"figures written to {args.json}", highlight=False)
+    return 0
+
+
+def command_export(args: argparse.Namespace, console: Console) -> int:
+    store_path = args.out / STORE_NAME
+    if not store_path.exists():
+        raise UserError(f"no results store at {store_path}: run `bench run --grid NAME` first")
+    store = ResultStore(store_path)
+    try:
+        stored = store.rows(status=None)
+    finally:
+        store.close()
+    for name in args.grids or []:
+        names = sorted({row.grid for row in stored})
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"grids in it: {', '.join(names) or 'none'}"
+            raise UserError(f"no cells of grid {name!r} in {store_path}; {hint}")
+    rows = [row for row in stored if (args.all or row.status == "done") and (not args.grids or row.grid in args.grids)]
+    text = FORMATS[args.format or ("json" if args.output.endswith(".json") else "csv")](rows)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        console.print(f"{len(rows)} cells written to {args.output}", highlight=False)
     return 0
 
 

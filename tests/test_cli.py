@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import shutil
 import sqlite3
@@ -91,6 +93,20 @@ def test_leaderboard_command_regenerates(smoke_run, tmp_path):
     target = tmp_path / "board.md"
     assert main(["leaderboard", "--out", str(work / "runs"), "--leaderboard", str(target)]) == 0
     assert "grid `smoke`" in target.read_text()
+
+
+def test_export_command_gives_a_run_s_metrics_as_stored(smoke_run, capsys):
+    """On a real run's store: one CSV row per cell, its scores equal to the stored ones, a column per class."""
+    work, _ = smoke_run
+    assert main(["export", "--out", str(work / "runs")]) == 0
+    exported = {row["cell_id"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    stored = {cell_id: json.loads(metrics) for cell_id, _, _, metrics in done_rows(work / "runs" / "results.sqlite")}
+    assert exported.keys() == stored.keys() == {cell.cell_id for cell in SMOKE.cells}
+    for cell_id, metrics in stored.items():
+        row = exported[cell_id]
+        assert float(row["best_miou"]) == metrics["best_miou"] and int(row["best_epoch"]) == metrics["best_epoch"]
+        for name, iou in zip(metrics["class_names"], metrics["final_iou"]):
+            assert row[f"final_iou_{name}"] == ("" if iou is None else repr(iou))
 
 
 def test_prune_lists_then_forgets_the_cells_a_grid_no_longer_has(smoke_run, tmp_path, capsys):

@@ -1,0 +1,66 @@
+"""``bench export``: the stored cells as a table for a spreadsheet or pandas (CSV), or whole (JSON).
+
+The CSV has one row per cell and only flat values: the cell's identity (grid, dataset, the labels of its architecture,
+loss and masker, fraction, seed), every scalar metric, the per-class IoUs as one column per class (``best_iou_road``),
+where and when it ran, and its full configuration as a JSON string. Confusion matrices and per-epoch histories are
+left to the JSON, which holds every stored field of every cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Iterable
+
+from bench.store import CellRow
+
+IDENTITY = ("cell_id", "grid", "dataset", "arch", "loss", "masker", "fraction", "seed", "status")
+LEADING = ("labelled_fraction", "best_miou", "final_miou", "test_miou")  # the metrics a reader looks for first
+RUN = ("device", "code_revision", "attempts", "started_at", "finished_at", "error", "config")
+
+
+def cell_record(row: CellRow) -> dict[str, object]:
+    """One CSV row: identity, the scalar metrics in their stored order, per-class lists spread over one column per
+    class, then where and when the cell ran."""
+    config, metrics = row.config, row.metrics or {}
+    record: dict[str, object] = {
+        "cell_id": row.cell_id, "grid": row.grid, "dataset": row.dataset, "arch": config["arch"]["label"],
+        "loss": config["loss"]["label"], "masker": config["masker"]["label"], "fraction": config["fraction"],
+        "seed": config["seed"], "status": row.status,
+    }
+    class_names = metrics.get("class_names", [])
+    for key, value in metrics.items():
+        if not isinstance(value, list):
+            record[key] = value
+        elif key != "class_names" and len(value) == len(class_names) and not any(isinstance(v, list) for v in value):
+            record.update({f"{key}_{name}": v for name, v in zip(class_names, value)})
+    provenance = row.provenance or {}
+    record.update(device=provenance.get("device"), code_revision=provenance.get("code_revision"),
+                  attempts=row.attempts, started_at=row.started_at, finished_at=row.finished_at, error=row.error,
+                  config=json.dumps(config, sort_keys=True))
+    return record
+
+
+def to_csv(rows: Iterable[CellRow]) -> str:
+    """The cells as CSV: identity, the main metrics, the other metrics in order of first appearance (the union over
+    the cells), then where and when they ran; a value a cell does not have (no test split, a class absent from both
+    truth and prediction) is an empty field."""
+    records = [cell_record(row) for row in rows]
+    metrics = dict.fromkeys(key for record in records for key in record if key not in (*IDENTITY, *RUN))
+    columns = [*IDENTITY, *(key for key in LEADING if key in metrics), *(key for key in metrics if key not in LEADING),
+               *RUN]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return text.getvalue()
+
+
+def to_json(rows: Iterable[CellRow]) -> str:
+    """Every stored field of every cell: configuration, metrics with the confusion matrices, history, provenance."""
+    return json.dumps([dataclasses.asdict(row) for row in rows], indent=1) + "\n"
+
+
+FORMATS = {"csv": to_csv, "json": to_json}
