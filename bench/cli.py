@@ -30,7 +30,12 @@ from registry.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-DEFAULT_PERF_ARCHS = ("unet:base_channels=64,upsampling=bilinear", "unetplusplus:base_channels=64")
+# bench perf's workload where the options leave it open: (architectures, tile side, batch). On a GPU the reference
+# experiment's models and batch; on a CPU, where those take hours, the default grid's.
+PERF_DEFAULTS = {
+    "cuda": (("unet:base_channels=64,upsampling=bilinear", "unetplusplus:base_channels=64"), 384, 32),
+    "cpu": (("unet:base_channels=16", "unetplusplus:base_channels=16"), 64, 16),
+}
 REGISTRIES = {"archs": registry.ARCHS, "losses": registry.LOSSES, "maskers": registry.MASKERS,
               "regularizers": registry.REGULARIZERS,
               "datasets": registry.DATASETS}
@@ -130,10 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = commands.add_parser("perf", parents=[plugins], help="measure training and evaluation speed on this device")
     perf.add_argument("--arch", action="append", dest="archs", metavar="NAME[:KEY=VALUE,...]",
-                      help="an architecture and its arguments, e.g. unet:base_channels=64; repeatable "
-                           f"(default: {' and '.join(DEFAULT_PERF_ARCHS)})")
-    perf.add_argument("--size", type=positive_int, default=384, help="tile side (default: 384)")
-    perf.add_argument("--batch-size", type=positive_int, default=32, help="training batch (default: 32)")
+                      help="an architecture and its arguments, e.g. unet:base_channels=64; repeatable (default: "
+                           f"{' and '.join(PERF_DEFAULTS['cuda'][0])} on a GPU, "
+                           f"{' and '.join(PERF_DEFAULTS['cpu'][0])} on the CPU)")
+    perf.add_argument("--size", type=positive_int, help=f"tile side (default: {PERF_DEFAULTS['cuda'][1]} on a GPU, "
+                                                        f"{PERF_DEFAULTS['cpu'][1]} on the CPU)")
+    perf.add_argument("--batch-size", type=positive_int, help=f"training batch (default: {PERF_DEFAULTS['cuda'][2]} "
+                                                              f"on a GPU, {PERF_DEFAULTS['cpu'][2]} on the CPU)")
     perf.add_argument("--steps", type=positive_int, default=20, help="timed steps per measurement (default: 20)")
     perf.add_argument("--warmup", type=positive_int, default=5, help="untimed steps first (default: 5)")
     perf.add_argument("--repeats", type=positive_int, default=3,
@@ -402,15 +410,17 @@ def command_perf(args: argparse.Namespace, console: Console) -> int:
     from bench.perf import PerfConfig, parse_arch_spec, perf_table, run_perf
     from bench.runner import build_without_weights
 
-    archs = [parse_arch_spec(spec) for spec in (args.archs or DEFAULT_PERF_ARCHS)]
+    device = resolve_device(args.device)
+    default_archs, default_size, default_batch = PERF_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    archs = [parse_arch_spec(spec) for spec in (args.archs or default_archs)]
+    size, batch_size = args.size or default_size, args.batch_size or default_batch
     for arch in archs:
         divisor = build_without_weights(arch, 5, 3).size_divisor
-        if args.size % divisor:
-            raise UserError(f"--arch {arch.label}: needs a tile side divisible by {divisor}, not {args.size}")
-    config = PerfConfig(archs, args.size, args.batch_size, args.steps, args.warmup, args.compile, args.workers,
-                        args.repeats)
-    device = resolve_device(args.device)
-    with console.status(f"measuring {len(archs)} architecture(s) on {device}"):
+        if size % divisor:
+            raise UserError(f"--arch {arch.label}: needs a tile side divisible by {divisor}, not {size}")
+    config = PerfConfig(archs, size, batch_size, args.steps, args.warmup, args.compile, args.workers, args.repeats)
+    with console.status(f"measuring {', '.join(arch.label for arch in archs)} at {size} x {size}, batch {batch_size}, "
+                        f"on {device}"):
         report = run_perf(config, device)
     console.print(perf_table(report), soft_wrap=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bench.perf
-from bench.cli import main
+from bench.cli import PERF_DEFAULTS, main
 from bench.perf import PerfConfig, parse_arch_spec, time_training
 
 CPU = torch.device("cpu")
@@ -44,6 +44,21 @@ def test_flops_mfu_and_throughput_are_consistent(report):
         assert result["eval_images_per_second"] > 0 and result["peak_memory_mb"] > 0
     unet, unetplusplus = report["results"]
     assert unetplusplus["gflop_per_image"] > unet["gflop_per_image"]  # nested skip paths cost more at equal width
+
+
+def test_on_the_cpu_the_default_workload_is_the_default_grid_s(tmp_path):
+    """Without --arch, --size and --batch-size the CPU measures the default grid's models (the reference's would take
+    hours there); what is given is kept."""
+    path = tmp_path / "perf.json"
+    quick = ["--steps", "1", "--warmup", "1", "--repeats", "1", "--device", "cpu", "--json", str(path)]
+    assert main(["perf", *quick]) == 0
+    report = json.loads(path.read_text())
+    assert [r["arch"] for r in report["results"]] == list(PERF_DEFAULTS["cpu"][0])
+    assert (report["config"]["size"], report["config"]["batch_size"]) == PERF_DEFAULTS["cpu"][1:]
+    assert main(["perf", *quick, "--size", "32", "--arch", "unet:base_channels=4,depth=3"]) == 0
+    report = json.loads(path.read_text())
+    assert [r["arch"] for r in report["results"]] == ["unet:base_channels=4,depth=3"]
+    assert (report["config"]["size"], report["config"]["batch_size"]) == (32, PERF_DEFAULTS["cpu"][2])
 
 
 @pytest.mark.parametrize("args, message", [
