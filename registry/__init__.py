@@ -13,7 +13,7 @@ import inspect
 from typing import Any
 
 from registry.core import DuplicateNameError, Registry, UnknownNameError, import_plugin_module
-from registry.errors import UserError
+from registry.errors import ContractError, UserError
 
 ARCH_CONTRACT = """Architectures.
 
@@ -79,15 +79,15 @@ def _check_arch(name: str, model: Any) -> None:
     import torch
 
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"architecture {name!r} built {type(model).__name__}, not a torch.nn.Module")
+        raise ContractError(f"architecture {name!r} built {type(model).__name__}, not a torch.nn.Module")
     if not isinstance(getattr(model, "size_divisor", None), int):
-        raise TypeError(f"architecture {name!r} has no int attribute size_divisor")
+        raise ContractError(f"architecture {name!r} has no int attribute size_divisor")
 
 
 def _check_callable(kind: str) -> Any:
     def check(name: str, built: Any) -> None:
         if not callable(built):
-            raise TypeError(f"{kind} {name!r} built {type(built).__name__}, which is not callable")
+            raise ContractError(f"{kind} {name!r} built {type(built).__name__}, which is not callable")
 
     return check
 
@@ -95,13 +95,13 @@ def _check_callable(kind: str) -> Any:
 def _check_masker(name: str, masker: Any) -> None:
     _check_callable("masker")(name, masker)
     if not isinstance(getattr(masker, "uses_fraction", None), bool):
-        raise TypeError(f"masker {name!r} has no bool attribute uses_fraction")
+        raise ContractError(f"masker {name!r} has no bool attribute uses_fraction")
     check = getattr(masker, "check", None)
     if check is not None:
         try:
             inspect.signature(check).bind(1, 1, 1.0)
         except TypeError:
-            raise TypeError(f"masker {name!r}: check must take (height, width, fraction), "
+            raise ContractError(f"masker {name!r}: check must take (height, width, fraction), "
                             f"not {inspect.signature(check)}") from None
         except ValueError:  # no inspectable signature: the call will say
             pass
@@ -111,9 +111,9 @@ def _check_dataset(name: str, dataset: Any) -> None:
     missing = [a for a in ("num_classes", "class_names", "in_chans", "mean", "std", "splits", "split")
                if not hasattr(dataset, a)]
     if missing:
-        raise TypeError(f"dataset {name!r} lacks {', '.join(missing)}")
+        raise ContractError(f"dataset {name!r} lacks {', '.join(missing)}")
     if len(dataset.class_names) != dataset.num_classes or not {"train", "val"} <= set(dataset.splits):
-        raise TypeError(f"dataset {name!r} needs one class name per class and splits 'train' and 'val'")
+        raise ContractError(f"dataset {name!r} needs one class name per class and splits 'train' and 'val'")
 
 
 ARCHS = Registry("architecture", "partialseg.archs", ARCH_CONTRACT, _check_arch)

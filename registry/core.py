@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.errors import UserError
+from registry.errors import ContractError, UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -110,11 +110,14 @@ class Registry:
 
     # -- registration -------------------------------------------------------------------------------------------
 
-    def register(self, name: str | None = None, *, test_kwargs: dict[str, Any] | None = None, source: str = "built-in"):
-        """Decorator: ``@REG.register("name", test_kwargs={...})``; the name defaults to the function's."""
+    def register(self, name: str | None = None, *, test_kwargs: dict[str, Any] | None = None,
+                 source: str | None = None):
+        """Decorator: ``@REG.register("name", test_kwargs={...})``; the name defaults to the function's, the source
+        (named in messages) to "built-in" or the builder's module."""
 
         def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
             entry_name = name or builder.__name__
+            entry_source = source or _source_of(builder)
             if not _NAME.match(entry_name):
                 raise UserError(f"invalid {self.kind} name {entry_name!r}: use letters, digits and _ . + -")
             if entry_name in self._entries:
@@ -126,17 +129,18 @@ class Registry:
             if family is not None:
                 raise DuplicateNameError(f"{self.kind} names starting with {family.prefix!r} belong to a name family "
                                          f"(by {family.source}); choose another name")
-            self._entries[entry_name] = Entry(entry_name, builder, source, dict(test_kwargs or {}))
+            self._entries[entry_name] = Entry(entry_name, builder, entry_source, dict(test_kwargs or {}))
             return builder
 
         return decorate
 
     def register_prefix(self, prefix: str, *, known: Callable[[], Iterable[str]] | None = None,
                         listed: Iterable[str] = (), what: str = "", test_kwargs: dict[str, Any] | None = None,
-                        source: str = "built-in"):
+                        source: str | None = None):
         """Decorator: ``@REG.register_prefix("tu-", known=..., listed=["tu-resnet18"])`` on ``builder(rest, ...)``
         registers the name family ``prefix + rest`` (see the module docstring). ``test_kwargs`` apply to every name
-        of the family. The prefix must not overlap a registered name or another prefix."""
+        of the family; ``source`` is as for :meth:`register`. The prefix must not overlap a registered name or
+        another prefix."""
 
         def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
             if not _NAME.match(prefix):
@@ -153,7 +157,8 @@ class Registry:
             strays = [name for name in names if not name.startswith(prefix)]
             if strays:
                 raise UserError(f"listed {self.kind} {strays[0]!r} does not start with {prefix!r}")
-            self._families[prefix] = Family(prefix, builder, known, names, what, source, dict(test_kwargs or {}))
+            self._families[prefix] = Family(prefix, builder, known, names, what, source or _source_of(builder),
+                                            dict(test_kwargs or {}))
             return builder
 
         return decorate
@@ -177,7 +182,8 @@ class Registry:
     def create(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Build entry ``name``. ``None`` keyword arguments are dropped so that one caller can pass the same keys to
         every entry and let each fall back to its own default."""
-        builder = self.entry(name).builder
+        entry = self.entry(name)
+        builder = entry.builder
         kwargs = {key: value for key, value in kwargs.items() if value is not None}
         try:
             inspect.signature(builder).bind(*args, **kwargs)
@@ -187,7 +193,11 @@ class Registry:
             pass
         built = builder(*args, **kwargs)
         if self._check is not None:
-            self._check(name, built)
+            try:
+                self._check(name, built)
+            except ContractError as err:
+                contract = f"help(registry.{self.group.rsplit('.', 1)[-1].upper()})"
+                raise ContractError(f"{err} (registered by {entry.source}; the contract: {contract})") from None
         return built
 
     def names(self) -> list[str]:
@@ -275,6 +285,11 @@ class Registry:
             return
         dist = point.dist.name if point.dist is not None else point.value
         self.register(name, source=f"plugin {dist}")(loaded)
+
+
+def _source_of(builder: Callable[..., Any]) -> str:
+    module = getattr(builder, "__module__", None) or "an unknown module"
+    return "built-in" if module.split(".")[0] == "registry" else f"module {module}"
 
 
 def import_plugin_module(spec: str) -> None:

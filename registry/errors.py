@@ -8,3 +8,9 @@ every other exception is a bug and keeps its traceback.
 
 class UserError(ValueError):
     """A mistake in the user's input, reported in one line."""
+
+
+class ContractError(UserError, TypeError):
+    """A registered entry that does not keep its registry's contract (no ``size_divisor``, a masker's ``check`` with
+    the wrong signature): the mistake of whoever wrote the entry, reported in one line that names where it came
+    from."""

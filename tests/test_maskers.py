@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import registry
+from bench.cli import main
 from bench.data import partial_masks, tile_generator
 
 
@@ -128,20 +129,30 @@ def test_partial_masks_refuses_a_masker_that_invents_labels():
         partial_masks(masks, liar, 0.5, seed=0)
 
 
-def test_a_masker_whose_check_does_not_take_the_fraction_is_refused_when_built():
-    """The contract's check(height, width, fraction): an entry written for an older two-argument check is named."""
-    class OldCheck:
-        uses_fraction = True
-
-        def check(self, height, width):
-            pass
-
-        def __call__(self, full_mask, fraction, generator):
-            return full_mask.clone()
-
-    registry.register_masker("old_check_masker")(OldCheck)
+def test_a_masker_whose_check_does_not_take_the_fraction_is_refused_when_built(tmp_path, capsys):
+    """The contract's check(height, width, fraction): an entry written for an older two-argument check is named, with
+    the module that registered it, in one line of the command."""
+    (tmp_path / "old_check_plugin.py").write_text(
+        "import registry\n\n\n"
+        "@registry.register_masker('old_check_masker')\n"
+        "class OldCheck:\n"
+        "    uses_fraction = True\n\n"
+        "    def check(self, height, width):\n"
+        "        pass\n\n"
+        "    def __call__(self, full_mask, fraction, generator):\n"
+        "        return full_mask.clone()\n")
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[dataset]\nname = "synthetic"\ntile_size = 32\ntrain_size = 2\nval_size = 2\n\n[axes]\n'
+                    'archs = [{ name = "unet", base_channels = 4, depth = 3 }]\nlosses = ["partial_ce"]\n'
+                    'maskers = ["old_check_masker"]\n')
     try:
-        with pytest.raises(TypeError, match=r"masker 'old_check_masker': check must take \(height, width, fraction\)"):
+        code = main(["run", "--grid", str(grid), "--plugin", str(tmp_path / "old_check_plugin.py"), "--dry-run",
+                     "--out", str(tmp_path / "runs")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "masker 'old_check_masker': check must take (height, width, fraction), not (height, width)" in err
+        assert "registered by module old_check_plugin; the contract: help(registry.MASKERS)" in err
+        with pytest.raises(TypeError):  # still a TypeError for code that builds entries itself
             registry.create_masker("old_check_masker")
     finally:
-        registry.MASKERS._entries.pop("old_check_masker")
+        registry.MASKERS._entries.pop("old_check_masker", None)

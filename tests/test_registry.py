@@ -11,7 +11,7 @@ import pytest
 
 import registry
 from registry.core import DuplicateNameError, Registry, UnknownNameError, import_plugin_module
-from registry.errors import UserError
+from registry.errors import ContractError, UserError
 
 
 @pytest.fixture
@@ -113,6 +113,38 @@ def test_contract_check_runs_on_built_objects():
     assert checked.create("good") == 1
     with pytest.raises(TypeError, match="bad"):
         checked.create("bad")
+
+
+class _NoAttributes:
+    """Callable, but with none of the attributes an architecture, a masker or a dataset must have."""
+
+    def __call__(self, *args, **kwargs):
+        return None
+
+
+@pytest.mark.parametrize("contract_registry, message", [
+    (registry.ARCHS, "built _NoAttributes, not a torch.nn.Module"),
+    (registry.MASKERS, "has no bool attribute uses_fraction"),
+    (registry.DATASETS, "lacks num_classes, class_names"),
+])
+def test_an_entry_breaking_its_contract_is_a_one_line_error_naming_its_module(contract_registry, message):
+    contract_registry.register("contract_breaker")(lambda *args, **kwargs: _NoAttributes())
+    try:
+        with pytest.raises(ContractError) as caught:
+            contract_registry.create("contract_breaker", **({"num_classes": 2} if contract_registry is registry.ARCHS
+                                                            else {}))
+    finally:
+        contract_registry._entries.pop("contract_breaker")
+    text = str(caught.value)
+    assert isinstance(caught.value, UserError) and "\n" not in text
+    assert f"'contract_breaker' {message}" in text or f"'contract_breaker': {message}" in text, text
+    variable = contract_registry.group.rsplit(".", 1)[-1].upper()
+    assert text.endswith(f"(registered by module {__name__}; the contract: help(registry.{variable}))")
+
+
+def test_the_source_of_a_built_in_entry_is_built_in():
+    assert registry.ARCHS.entry("unet").source == "built-in"
+    assert registry.ARCHS.entry("tu-resnet18").source == "built-in"
 
 
 def test_entry_point_plugins_are_listed_without_import_and_loaded_on_demand(reg, monkeypatch, tmp_path):
