@@ -1,6 +1,9 @@
-"""Shared fixtures: a private dataset cache for every test, and LandCover.ai stand-ins in its real layouts."""
+"""Shared fixtures: a private dataset cache for every test, a network that refuses connections, and LandCover.ai
+stand-ins in its real layouts."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 from landcoverai_layout import write_archive, write_tiles
@@ -14,6 +17,17 @@ LANDCOVERAI_SIZES = [(1100, 1300), (1030, 1600), (700, 1100), (600, 1200)]
 def private_dataset_cache(tmp_path_factory, monkeypatch):
     """No test writes to the user's cache folder."""
     monkeypatch.setenv("PARTIALSEG_CACHE", str(tmp_path_factory.getbasetemp() / "dataset-cache"))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails the test: what must build without a download (timm encoders) is checked so."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="session")

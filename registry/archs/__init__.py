@@ -1,4 +1,4 @@
-"""Built-in architectures: ``unet`` and ``unetplusplus`` written from scratch in plain PyTorch, and ``tu-<timm model
-name>``, a U-Net decoder on a timm encoder."""
+"""Built-in architectures: ``unet`` and ``unetplusplus`` written from scratch in plain PyTorch, and on any timm encoder
+``tu-<timm model name>`` (a U-Net decoder) and ``deeplabv3plus-<timm model name>`` (DeepLabv3+)."""
 
-from registry.archs import timm_unet, unet, unetplusplus  # noqa: F401  (registers the entries)
+from registry.archs import deeplabv3plus, timm_unet, unet, unetplusplus  # noqa: F401  (registers the entries)

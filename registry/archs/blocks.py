@@ -1,4 +1,5 @@
-"""Building blocks shared by the U-Net family: the double convolution, the down and up steps, and the input checks."""
+"""Building blocks shared by the built-in architectures: convolution-BatchNorm-ReLU, the double convolution, the down
+and up steps, and the input checks."""
 
 from __future__ import annotations
 
@@ -9,22 +10,26 @@ from torch import nn
 from registry.errors import UserError
 
 
-class DoubleConv(nn.Sequential):
-    """(3x3 conv, BatchNorm, ReLU) twice; ``mid_channels`` is the width between the two (``out_channels`` if None).
+class ConvBNReLU(nn.Sequential):
+    """A ``kernel_size`` convolution (``dilation`` apart, padded to keep the size), BatchNorm, ReLU. The convolution has
+    no bias: the BatchNorm that follows would cancel it."""
 
-    The convolutions have no bias: the BatchNorm that follows each would cancel it.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
-        mid_channels = mid_channels or out_channels
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1):
         super().__init__(
-            nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(mid_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
+                      bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, BatchNorm, ReLU) twice; ``mid_channels`` is the width between the two (``out_channels`` if None).
+    Six modules in one sequence (not two :class:`ConvBNReLU`), so that the weights' names are flat."""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
+        mid_channels = mid_channels or out_channels
+        super().__init__(*ConvBNReLU(in_channels, mid_channels), *ConvBNReLU(mid_channels, out_channels))
 
 
 class Down(nn.Sequential):
