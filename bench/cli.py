@@ -429,6 +429,8 @@ def command_perf(args: argparse.Namespace, console: Console) -> int:
 
 
 def command_export(args: argparse.Namespace, console: Console) -> int:
+    """bench.export's CSV or JSON of the store's cells (finished ones unless --all, of the --grid names if given), to
+    standard output or a file; reads the store without writing it."""
     store_path = args.out / STORE_NAME
     if not store_path.exists():
         raise UserError(f"no results store at {store_path}: run `bench run --grid NAME` first")
@@ -448,6 +450,7 @@ def command_export(args: argparse.Namespace, console: Console) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text, encoding="utf-8")
         console.print(f"{len(rows)} cells written to {args.output}", highlight=False)
     return 0

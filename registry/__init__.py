@@ -102,7 +102,7 @@ def _check_masker(name: str, masker: Any) -> None:
             inspect.signature(check).bind(1, 1, 1.0)
         except TypeError:
             raise ContractError(f"masker {name!r}: check must take (height, width, fraction), "
-                            f"not {inspect.signature(check)}") from None
+                                f"not {inspect.signature(check)}") from None
         except ValueError:  # no inspectable signature: the call will say
             pass
 

@@ -87,7 +87,7 @@ def test_all_adds_unfinished_cells_with_their_error(store_folder, capsys):
 
 
 def test_grid_filter_and_json_file_hold_every_stored_field(store_folder, capsys, tmp_path):
-    target = tmp_path / "cells.json"
+    target = tmp_path / "exports" / "cells.json"  # a folder that does not exist yet
     code, out, _ = export(capsys, "--out", str(store_folder), "--grid", "g", "--output", str(target))
     assert code == 0 and "2 cells written" in out
     cells = json.loads(target.read_text())
