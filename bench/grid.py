@@ -127,6 +127,7 @@ class Cell:
     fraction: float
     seed: int
     recipe: dict[str, Any]
+    masker_uses_fraction: bool = True  # for the label only: a masker that ignores the fraction runs at 1.0
 
     @property
     def config(self) -> dict[str, Any]:
@@ -149,8 +150,10 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return (f"{self.arch.label} · {self.loss.label} · {self.masker.label} {100 * self.fraction:.4g}% "
-                f"· seed {self.seed}")
+        annotation = self.masker.label
+        if self.masker_uses_fraction:
+            annotation += f" {100 * self.fraction:.4g}%"
+        return f"{self.arch.label} · {self.loss.label} · {annotation} · seed {self.seed}"
 
 
 @dataclass(frozen=True)
@@ -262,7 +265,7 @@ def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequ
     for seed, masker in itertools.product(seeds, maskers):
         for fraction, loss, arch in itertools.product(fractions if uses_fraction[masker.label] else [1.0],
                                                       losses, archs):
-            cell = Cell(name, dataset, arch, loss, masker, fraction, seed, recipe)
+            cell = Cell(name, dataset, arch, loss, masker, fraction, seed, recipe, uses_fraction[masker.label])
             keys = {"arch": arch.label, "loss": loss.label, "masker": masker.label, "fraction": fraction, "seed": seed}
             if include and not any(_matches(rule, keys) for rule in include):
                 continue
