@@ -41,6 +41,36 @@ def test_the_deepest_feature_is_dilated_to_the_output_stride_and_the_rates_follo
     assert rates == [rate * 16 // output_stride for rate in PAPER_RATES]  # 6, 12, 18 at 16; 12, 24, 36 at 8
 
 
+def test_aspp_matches_torchvision_s_in_evaluation():
+    """An independent reference: torchvision's DeepLabv3 ASPP, given the same weights. Its pooling branch has a
+    BatchNorm where ours has a bias: set to pass values through and add that bias, the two compute the same."""
+    from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
+
+    torch.manual_seed(0)
+    ours = build(aspp_channels=6).aspp
+    for module in ours.modules():  # running statistics away from 0 and 1, so that a BatchNorm mix-up would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    ours.eval()
+    in_channels = ours.branches[0][0].in_channels
+    reference = TorchvisionASPP(in_channels, list(PAPER_RATES), 6).eval()
+    for theirs, mine in zip(reference.convs[:-1], ours.branches, strict=True):
+        theirs.load_state_dict(mine.state_dict())
+    pooling = reference.convs[-1]
+    pooling[1].weight.data.copy_(ours.pooling[1].weight)
+    pooling[2].running_mean.zero_()
+    pooling[2].running_var.fill_(1 - pooling[2].eps)
+    pooling[2].weight.data.fill_(1.0)
+    pooling[2].bias.data.copy_(ours.pooling[1].bias)
+    reference.project[:3].load_state_dict(ours.project.state_dict())
+    x = torch.randn(2, in_channels, 23, 19)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
 def test_each_atrous_branch_sees_exactly_its_dilated_grid():
     """An impulse at one pixel moves a dilated 3x3 branch's output only at offsets 0 and +-rate from it."""
     aspp = build().aspp.eval()
