@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 import registry
-from bench.cell_job import GridData
+from bench.cell_job import GridData, grid_data
 from bench.data import Normalizer, partial_masks
 from bench.grid import Cell, Grid
 from bench.plots import save_png, show_names
@@ -193,7 +193,7 @@ def write_figures(grid: Grid, rows: Sequence[CellRow], checkpoints: Path, folder
     """Both figures into ``folder``, the predictions only when a cell of the grid has finished; returns the files
     written and the finished cells left out of the predictions because their ``best.pt`` is not there (the best cell
     of an annotation of which no cell has its weights)."""
-    data = GridData(grid)
+    data = grid_data(grid)  # after bench run, the dataset it trained on: not generated or opened again
     names = show_names(grid.dataset.name, grid.name)
     written = [Path(folder) / names["annotations"]]
     save_png(annotations_figure(grid, data, tiles), written[0])
