@@ -48,7 +48,8 @@ def test_expansion_collapses_fraction_for_maskers_that_ignore_it():
     # Labels name a fraction only where the masker uses it: "full 100%" would read as a share it did not choose.
     labels = {c.label for c in grid.cells if c.seed == 0 and c.arch.name == "unetplusplus"}
     assert labels == {"unetplusplus · partial_ce · random_pixels 10% · seed 0",
-                      "unetplusplus · partial_ce · random_pixels 15% · seed 0", "unetplusplus · partial_ce · full · seed 0"}
+                      "unetplusplus · partial_ce · random_pixels 15% · seed 0",
+                      "unetplusplus · partial_ce · full · seed 0"}
 
 
 def test_cells_sharing_masks_are_adjacent():
