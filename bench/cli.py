@@ -439,8 +439,8 @@ def command_export(args: argparse.Namespace, console: Console) -> int:
         stored = store.rows(status=None)
     finally:
         store.close()
+    names = sorted({row.grid for row in stored})
     for name in args.grids or []:
-        names = sorted({row.grid for row in stored})
         if name not in names:
             close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else f"grids in it: {', '.join(names) or 'none'}"
@@ -450,8 +450,11 @@ def command_export(args: argparse.Namespace, console: Console) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as err:  # a folder by that name, a file where a folder should be, no permission
+            raise UserError(f"cannot write {args.output}: {err.strerror or err}") from None
         console.print(f"{len(rows)} cells written to {args.output}", highlight=False)
     return 0
 

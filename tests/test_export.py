@@ -109,3 +109,9 @@ def test_without_a_store_is_one_line(tmp_path, capsys):
     code, _, err = export(capsys, "--out", str(tmp_path / "nowhere"))
     assert code == 2 and "no results store" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_line(store_folder, capsys, tmp_path):
+    code, _, err = export(capsys, "--out", str(store_folder), "--output", str(tmp_path))  # a folder
+    assert code == 2 and err.strip().startswith(f"error: cannot write {tmp_path}")
+    assert len(err.strip().splitlines()) == 1
