@@ -85,6 +85,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
+    """``model`` wrapped for training over the process group: DDP averages the ranks' gradients in backward.
+
+    Buffers are not broadcast: DDP's default copies rank 0's BatchNorm statistics into every other rank's before each
+    forward, in place, which breaks the backward of an earlier forward of the same step (a regulariser that runs the
+    model again: "modified by an inplace operation", seen with torch 2.11). Rank 0's statistics, the ones that are
+    checkpointed and broadcast before every evaluation (:func:`broadcast_buffers`), are the same either way: no rank
+    writes into rank 0's."""
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+
 def broadcast_buffers(model: torch.nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) to every rank: without synchronised BatchNorm each rank's
     moved with its own share of the last batch, and all ranks must evaluate the model that rank 0 checkpoints."""

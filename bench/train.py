@@ -215,8 +215,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     if world_size > 1:
         if recipe["sync_batchnorm"]:
             model = distributed.sync_batchnorm(model, device)
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        trained = distributed.data_parallel(model, device)
     # Checkpoints hold the plain module's weights; the compiled one (if any) only runs the steps. Evaluation runs the
     # plain module (compiled or not): each rank evaluates batches of its own, without DDP's collectives.
     forward = torch.compile(trained) if recipe["compile"] else trained

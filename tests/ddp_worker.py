@@ -66,11 +66,26 @@ def sharded_step(partial: bool = False) -> dict:
     statistics of one process on the whole batch."""
     rank, world_size = distributed.world()
     model = distributed.sync_batchnorm(fixed_model(5), CPU)
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    ddp = distributed.data_parallel(model, CPU)
     images, target = step_batch(partial=partial)
     gradients = one_step_gradients(model, images[rank::world_size], target[rank::world_size], ddp)
     return {"gradients": gradients, "running_mean": model[1].running_mean.tolist(),
             "running_var": model[1].running_var.tolist()}
+
+
+def buffer_writes_per_forward() -> dict[str, dict[str, int]]:
+    """How many times each buffer of the model is written in one training forward (its version counter's increase),
+    run plain and through its DDP wrapper. Any write of the wrapper's own (DDP copying rank 0's BatchNorm statistics
+    into the other ranks') makes autograd refuse the backward of an earlier forward whose BatchNorm saved them."""
+    writes = {}
+    for wrapped in (False, True):
+        model = fixed_model(5).train()
+        forward = distributed.data_parallel(model, CPU) if wrapped else model
+        before = {name: buffer._version for name, buffer in model.named_buffers()}
+        forward(step_batch()[0])
+        writes["ddp" if wrapped else "plain"] = {name: buffer._version - before[name]
+                                                 for name, buffer in model.named_buffers()}
+    return writes
 
 
 def main(out_dir: Path, train_grid: str, consistency_grid: str, odd_grid: str) -> None:
@@ -98,6 +113,7 @@ def main(out_dir: Path, train_grid: str, consistency_grid: str, odd_grid: str) -
 
     report["step"] = sharded_step()
     report["partial_step"] = sharded_step(partial=True)
+    report["buffer_writes"] = buffer_writes_per_forward()
     for batch_size in (1, 2, 4):  # 6 validation tiles: 6 batches, 3 (two on rank 0), 2 (of 4 and 2 tiles)
         report[f"evaluation_{batch_size}"] = sharded_evaluation(train_grid, batch_size)
 

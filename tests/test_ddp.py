@@ -188,6 +188,16 @@ def test_a_regulariser_that_runs_the_model_trains_under_ddp(runs):
     assert math.isfinite(history[0]["regularizers"]["consistency"])
 
 
+def test_a_training_forward_through_ddp_writes_the_buffers_as_the_plain_model_does(runs):
+    """No in-place write of DDP's own (rank 0's BatchNorm statistics copied into the other ranks'): it would break the
+    backward of the step's earlier forwards, which a regulariser that runs the model again makes."""
+    _, reports, _ = runs
+    for report in reports:
+        writes = report["buffer_writes"]
+        assert set(writes["plain"]) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+        assert writes["ddp"] == writes["plain"], report["rank"]
+
+
 def test_a_batch_not_divisible_by_the_processes_is_refused_before_training(runs):
     _, reports, _ = runs
     for report in reports:
