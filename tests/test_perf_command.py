@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import bench.perf
+import registry
 from bench.cli import PERF_DEFAULTS, main
 from bench.perf import PerfConfig, parse_arch_spec, time_training
 
@@ -44,6 +45,31 @@ def test_flops_mfu_and_throughput_are_consistent(report):
         assert result["eval_images_per_second"] > 0 and result["peak_memory_mb"] > 0
     unet, unetplusplus = report["results"]
     assert unetplusplus["gflop_per_image"] > unet["gflop_per_image"]  # nested skip paths cost more at equal width
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_training_flops_are_the_hand_count_for_grouped_and_transposed_convolutions(groups):
+    """A grouped 3x3 convolution (the input needs no gradient: the weight's only), a grouped transposed 2x2 of stride
+    2, a 1x1 to the classes: forward, and backward as two convolutions of the forward's size per layer but the first.
+    Ungrouped, it is also torch's own count; torch's formula counts a grouped weight gradient ``groups`` times over."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n, c, k, side = 2, 16, 5, 8
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False),
+                                torch.nn.ConvTranspose2d(c, c, 2, stride=2, groups=groups),
+                                torch.nn.Conv2d(c, k, 1))
+    images, target = torch.randn(n, c, side, side), torch.randint(0, k, (n, 2 * side, 2 * side))
+    grouped = 2 * n * side**2 * c * (c // groups) * 9
+    transposed = 2 * n * side**2 * c * (c // groups) * 4
+    pointwise = 2 * n * (2 * side) ** 2 * c * k
+    loss = registry.create_loss("partial_ce")
+    counted = bench.perf.training_flops(model, loss, images, target)
+    assert counted == 2 * grouped + 3 * transposed + 3 * pointwise
+    if groups == 1:
+        with FlopCounterMode(display=False) as torch_s:
+            loss(model(images), target).backward()
+        assert torch_s.get_total_flops() == counted
 
 
 def test_on_the_cpu_the_default_workload_is_the_default_grid_s(tmp_path):
