@@ -71,9 +71,10 @@ def test_aspp_matches_torchvision_s_in_evaluation():
         torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
-def test_each_atrous_branch_sees_exactly_its_dilated_grid():
+@pytest.mark.parametrize("separable", [False, True])
+def test_each_atrous_branch_sees_exactly_its_dilated_grid(separable):
     """An impulse at one pixel moves a dilated 3x3 branch's output only at offsets 0 and +-rate from it."""
-    aspp = build().aspp.eval()
+    aspp = build(separable=separable).aspp.eval()
     x = torch.zeros(1, aspp.branches[0][0].in_channels, 41, 41)
     impulse = x.clone()
     impulse[0, :, 20, 20] = 1.0
@@ -96,12 +97,39 @@ def test_the_pooling_branch_is_one_value_per_channel_and_tile():
     assert pooled.shape[-2:] == (1, 1)
 
 
-def test_a_batch_of_one_trains():
+@pytest.mark.parametrize("separable", [False, True])
+def test_a_batch_of_one_trains(separable):
     """No BatchNorm on the pooled branch: its single value per channel would make BatchNorm fail in training."""
-    model = build().train()
+    model = build(separable=separable).train()
     out = model(torch.randn(1, 3, 32, 32))
     out.mean().backward()
     assert out.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_the_aspp_does_the_arithmetic_of_its_convolutions(separable):
+    """FLOPs counted by PyTorch against a count by hand for an H x W feature of C_in channels and C out: the 1x1
+    branch, three dilated 3x3 branches (plain: 9 C_in C per pixel; separable: 9 C_in depthwise and C_in C pointwise),
+    the pooling branch's 1x1 on one pixel, and the projection of the 5 C concatenated channels."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aspp = build(separable=separable, aspp_channels=16).aspp.eval()
+    c_in, c, pixels = aspp.branches[0][0].in_channels, 16, 6 * 7
+    atrous = 9 * c_in + c_in * c if separable else 9 * c_in * c
+    expected = 2 * (pixels * c_in * c + 3 * pixels * atrous + c_in * c + pixels * 5 * c * c)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        aspp(torch.randn(1, c_in, 6, 7))
+    assert counter.get_total_flops() == expected
+
+
+def test_separable_convolves_each_channel_alone_in_every_3x3_of_the_head():
+    plain, separable = build(), build(separable=True)
+    for head in (separable.aspp, separable.decoder):
+        convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+        assert convs and all(m.groups == m.in_channels == m.out_channels for m in convs)
+    assert all(m.groups == 1 for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    assert sum(p.numel() for p in separable.parameters()) < sum(p.numel() for p in plain.parameters())
+    assert separable.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
 
 
 def test_default_widths_are_the_paper_s():
@@ -115,6 +143,7 @@ def test_default_widths_are_the_paper_s():
     ({"aspp_channels": 0}, "aspp_channels must be a positive int, not 0"),
     ({"decoder_channels": 1.5}, "decoder_channels must be a positive int, not 1.5"),
     ({"pretrained": True}, "never downloads.*pretrained_path"),
+    ({"separable": "yes"}, "separable must be true or false, not 'yes'"),
 ])
 def test_bad_arguments_are_one_line_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message) as info:

@@ -11,16 +11,28 @@ from registry.errors import UserError
 
 
 class ConvBNReLU(nn.Sequential):
-    """A ``kernel_size`` convolution (``dilation`` apart, padded to keep the size), BatchNorm, ReLU. The convolution has
-    no bias: the BatchNorm that follows would cancel it."""
+    """A ``kernel_size`` convolution (``dilation`` apart, padded to keep the size, in ``groups`` groups of channels),
+    BatchNorm, ReLU. The convolution has no bias: the BatchNorm that follows would cancel it."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1,
+                 groups: int = 1):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
-                      bias=False),
+                      groups=groups, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
+
+
+class SeparableConvBNReLU(nn.Sequential):
+    """A depthwise-separable :class:`ConvBNReLU`: each channel convolved on its own (``kernel_size``, ``dilation``
+    apart), BatchNorm, ReLU, then a 1x1 convolution that mixes the channels, BatchNorm, ReLU: the form of the
+    DeepLabv3+ authors' code. About ``kernel_size**2`` times less arithmetic than the plain convolution when
+    ``out_channels`` is large. Six modules in one sequence, the depthwise convolution first."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1):
+        super().__init__(*ConvBNReLU(in_channels, in_channels, kernel_size, dilation, groups=in_channels),
+                         *ConvBNReLU(in_channels, out_channels, kernel_size=1))
 
 
 class DoubleConv(nn.Sequential):
