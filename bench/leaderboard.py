@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from scipy import stats
 from tabulate import tabulate
 
 from bench.plots import show_names, write_plots
@@ -79,14 +80,27 @@ def full_label_shares(group: list[CellRow], rows: list[CellRow]) -> list[float] 
     return [r.metrics["best_miou"] / reference.get(r.config["seed"], fallback) for r in group]
 
 
+TIE_P_VALUE = 0.05  # Welch's t-test: two entries whose p-value is at least this cannot be told apart
+
+
+def tied_with_best(best: list[float], other: list[float]) -> bool:
+    """Whether the seeds' values ``other`` cannot be told from ``best`` (the highest mean of their row): Welch's
+    t-test (no equal variances assumed), two-sided, p >= TIE_P_VALUE. A side with one seed, or two sides without
+    spread, cannot be tested: then only an equal mean ties."""
+    if min(len(best), len(other)) < 2 or statistics.stdev(best) == statistics.stdev(other) == 0:
+        return statistics.mean(other) == statistics.mean(best)
+    return bool(stats.ttest_ind(best, other, equal_var=False).pvalue >= TIE_P_VALUE)
+
+
 SUMMARY_FIXED = ("seed", "masker", "fraction", "arch", "loss")  # what varies across a summary table's cells
 
 
 def summary_table(rows: list[CellRow]) -> str | None:
     """The table at a glance: one row per annotation (masker and labelled %, fewest labels first), one column per
     architecture · loss; each entry the best mIoU, mean ± std over seeds, with its share of the full-label mIoU where
-    the table has one. None for a single annotation, or when the cells also differ in anything else (a recipe, the
-    dataset): an entry would then mix experiments."""
+    the table has one. In each row of several entries, the best mean and those tied with it (:func:`tied_with_best`)
+    are bold. None for a single annotation, or when the cells also differ in anything else (a recipe, the dataset): an
+    entry would then mix experiments."""
     rest = {json.dumps({k: v for k, v in r.config.items() if k not in SUMMARY_FIXED}, sort_keys=True) for r in rows}
     if len(rest) > 1:
         return None
@@ -104,12 +118,17 @@ def summary_table(rows: list[CellRow]) -> str | None:
     lines = []
     for annotation in annotations:
         line = [f"{annotation[0]} · {statistics.mean(labelled[annotation]):.3g} %"]
+        seeds = {column: [r.metrics["best_miou"] for r in entries[annotation, column]]
+                 for column in columns if (annotation, column) in entries}
+        best = max(seeds.values(), key=statistics.mean)
         for column in columns:
-            group = entries.get((annotation, column))
-            if not group:
+            if column not in seeds:
                 line.append("–")
                 continue
-            text = mean_std([r.metrics["best_miou"] for r in group])
+            group = entries[annotation, column]
+            text = mean_std(seeds[column])
+            if len(seeds) > 1 and tied_with_best(best, seeds[column]):
+                text = f"**{text}**"
             shares = full_label_shares(group, rows) if group[0].config["masker"]["name"] != "full" else None
             line.append(text + (f" ({100 * statistics.mean(shares):.0f} %)" if shares else ""))
         lines.append(line)
@@ -229,7 +248,9 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
         summary = summary_table(table_rows)
         if summary is not None:
             caption = ("At a glance: best mIoU by annotation and by architecture · loss (mean ± std over seeds; in "
-                       "brackets, the share of the full-label mIoU). Every cell, ranked, below.")
+                       "brackets, the share of the full-label mIoU). In bold, each row's best and the entries that "
+                       f"Welch's t-test over the seeds cannot tell from it (p ≥ {TIE_P_VALUE}; with one seed, the "
+                       "best alone). Every cell, ranked, below.")
             out += [caption, "", summary, ""]
         out += [
             _table(table_rows),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.leaderboard import render, summary_table
+from bench.leaderboard import render, summary_table, tied_with_best
 from bench.store import CellRow
 
 
@@ -182,12 +182,44 @@ def test_summary_one_row_per_annotation_fewest_labels_first_one_column_per_arch_
     assert cells["random_pixels · 10 %", "unet · partial_ce"] == (
         f"{statistics.mean([0.54, 0.50]):.3f} ± {statistics.stdev([0.54, 0.50]):.3f} ({statistics.mean(shares):.0f} %)")
     assert cells["points · 0.05 %", "unet · partial_ce"] == f"0.450 ({100 * 0.45 / 0.60:.0f} %)"  # seed 0's full cell
-    assert cells["points · 0.05 %", "unet · partial_ce + crf"] == f"0.480 ({100 * 0.48 / 0.60:.0f} %)"  # base loss's
+    # the row's best, in bold; its share is of the base loss's full-label cell
+    assert cells["points · 0.05 %", "unet · partial_ce + crf"] == f"**0.480** ({100 * 0.48 / 0.60:.0f} %)"
     assert cells["points · 0.05 %", "unetplusplus · partial_ce"] == "0.400"  # no full-label UNet++: no share
     assert cells["full · 100 %", "unet · partial_ce"] == f"{statistics.mean([0.6, 0.5]):.3f} ± " \
                                                         f"{statistics.stdev([0.6, 0.5]):.3f}"
     assert cells["random_pixels · 10 %", "unet · partial_ce + crf"] == "–"
     assert "At a glance" in render(rows, store_path="s")
+
+
+def test_welch_ties_by_hand():
+    """Three seeds a side with a standard deviation of 0.01: Welch's t is d / (0.01 * sqrt(2/3)) with 4 degrees of
+    freedom, whose two-sided 5 % critical value is 2.776 (a t table): a difference of means of 0.020 (t = 2.45) cannot
+    be told apart, one of 0.025 (t = 3.06) can."""
+    best = [0.60, 0.61, 0.62]
+    assert tied_with_best(best, [0.58, 0.59, 0.60])
+    assert not tied_with_best(best, [0.575, 0.585, 0.595])
+    assert tied_with_best(best, best)
+    assert not tied_with_best([0.6, 0.6], [0.5, 0.5])  # no spread on either side: only equal means tie
+    assert tied_with_best([0.6, 0.6], [0.6, 0.6])
+    assert not tied_with_best([0.61], [0.60, 0.62, 0.61, 0.55])  # one seed: not testable
+    assert tied_with_best([0.61], [0.61])
+
+
+def test_summary_bolds_each_row_s_best_and_the_entries_tied_with_it():
+    def cell(arch, seed, best, masker="random_pixels", fraction=0.1):
+        c = with_masker(row(arch, seed, best), masker, fraction)
+        c.metrics["labelled_fraction"] = fraction
+        return c
+
+    values = {"a": [0.60, 0.61, 0.62], "b": [0.575, 0.585, 0.595], "c": [0.58, 0.59, 0.60]}
+    rows = [cell(arch, seed, value) for arch, seeds in values.items() for seed, value in enumerate(seeds)]
+    rows += [cell("a", 0, 0.70, "full", 1.0), cell("b", 0, 0.71, "full", 1.0)]  # one seed each: the best alone
+    cells = summary_cells(summary_table(rows))
+    bold = {key for key, entry in cells.items() if entry.startswith("**")}
+    assert bold == {("random_pixels · 10 %", "a · partial_ce"), ("random_pixels · 10 %", "c · partial_ce"),
+                    ("full · 100 %", "b · partial_ce")}
+    assert cells["random_pixels · 10 %", "c · partial_ce"] == "**0.590 ± 0.010**"  # no full-label c: no share
+    assert "Welch's t-test" in render(rows, store_path="s")
 
 
 def test_no_summary_for_one_annotation_or_cells_that_differ_in_their_recipe():
