@@ -6,8 +6,9 @@ device synchronised before every clock read, in several epochs; the epoch of med
 mean time spent waiting for a batch the data path's share of the step. FLOPs of one training step are counted with
 ``torch.utils.flop_counter``; divided by the step time they give the achieved TFLOP/s, and divided again by a
 matrix-multiply peak measured in the same run in the training precision's dtype (bf16 on recent GPUs, float32 on the
-CPU), the model FLOP utilisation (MFU). Evaluation (one batch, no data path) is timed step by step too, its median
-reported.
+CPU), the model FLOP utilisation (MFU). The same pass counts the bytes autograd saves for the backward, per image: the
+part of training memory that grows with the batch, known on any device (on the CPU the peak is only the process's
+resident memory). Evaluation (one batch, no data path) is timed step by step too, its median reported.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import datetime as dt
 import math
 import statistics
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,13 +81,34 @@ def convolution_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, p
     return convolution_flops(x_shape, w_shape, grad_out_shape, transposed) * sum(map(bool, output_mask[:2]))
 
 
-def training_flops(model: torch.nn.Module, loss_fn, images: torch.Tensor, target: torch.Tensor) -> int:
-    """The FLOPs of one training step's forward and backward (matrix multiplies and convolutions)."""
+@contextmanager
+def saved_for_backward(model: torch.nn.Module) -> Iterator[dict[int, int]]:
+    """{storage address: bytes} of what autograd saves for the backward pass while the block runs: the activations,
+    and under autocast the low-precision copies of the weights; not ``model``'s parameters themselves. Each storage
+    counts once, however many views of it are saved. The saved tensors live together until the backward, so their
+    sum is the part of training memory that grows with the batch."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield saved
+
+
+def count_training_step(model: torch.nn.Module, loss_fn, images: torch.Tensor,
+                        target: torch.Tensor) -> tuple[int, int]:
+    """One training step's forward and backward, counted rather than timed: (FLOPs of its matrix multiplies and
+    convolutions, bytes saved for its backward pass)."""
     mapping = {torch.ops.aten.convolution_backward: convolution_backward_flops}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter, saved_for_backward(model) as saved:
         supervised_loss(loss_fn, model(images), target).backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    return counter.get_total_flops(), sum(saved.values())
 
 
 def random_tiles(count: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +165,7 @@ def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak
     sample_images, sample_target = next(iter(DeviceBatches(images, masks, [], 0, config.batch_size, normalize)
                                              .epoch(0)))
     with precision.autocast():
-        flops = training_flops(model, loss_fn, sample_images, sample_target)
+        flops, saved_bytes = count_training_step(model, loss_fn, sample_images, sample_target)
     compile_seconds = None
     if config.compile:
         started = clock(device)
@@ -171,7 +194,9 @@ def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak
     return {
         "arch": arch.label, "kwargs": arch.build_kwargs,
         "params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
-        "gflop_per_image": flops / config.batch_size / 1e9, "device_path": device_path, "loader_path": loader_path,
+        "gflop_per_image": flops / config.batch_size / 1e9,
+        "saved_mb_per_image": saved_bytes / config.batch_size / 2**20,
+        "device_path": device_path, "loader_path": loader_path,
         "device_over_loader": loader_path["step_seconds"] / device_path["step_seconds"],
         "achieved_tflops": achieved, "mfu": achieved / peak_tflops,
         "eval_images_per_second": config.batch_size / statistics.median(eval_times),
@@ -230,14 +255,15 @@ def perf_table(report: dict) -> Table:
     table = Table(title=f"{report['device']}, {report['config']['size']}x{report['config']['size']}, batch "
                         f"{report['config']['batch_size']}, peak {report['peak_tflops']:.1f} TFLOP/s "
                         f"({report['peak_kind']}), {report['date'][:10]}")
-    columns = ("architecture", "params M", "GFLOP/img", "train img/s", "step ms", "data share", "TFLOP/s", "MFU",
-               "eval img/s", "loader img/s", "device/loader", "peak MB")
+    columns = ("architecture", "params M", "GFLOP/img", "saved MB/img", "train img/s", "step ms", "data share",
+               "TFLOP/s", "MFU", "eval img/s", "loader img/s", "device/loader", "peak MB")
     for column in columns:
         table.add_column(column, justify="left" if column == "architecture" else "right")
     for r in report["results"]:
         device_path, loader_path = r["device_path"], r["loader_path"]
         table.add_row(r["arch"], f"{r['params_millions']:.2f}", f"{r['gflop_per_image']:.1f}",
-                      f"{device_path['images_per_second']:.1f}", f"{1000 * device_path['step_seconds']:.1f}",
+                      f"{r['saved_mb_per_image']:.0f}", f"{device_path['images_per_second']:.1f}",
+                      f"{1000 * device_path['step_seconds']:.1f}",
                       f"{100 * device_path['data_share']:.1f} %", f"{r['achieved_tflops']:.2f}",
                       f"{100 * r['mfu']:.1f} %", f"{r['eval_images_per_second']:.1f}",
                       f"{loader_path['images_per_second']:.1f}", f"{r['device_over_loader']:.2f}x",

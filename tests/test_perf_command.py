@@ -45,6 +45,7 @@ def test_flops_mfu_and_throughput_are_consistent(report):
         assert result["eval_images_per_second"] > 0 and result["peak_memory_mb"] > 0
     unet, unetplusplus = report["results"]
     assert unetplusplus["gflop_per_image"] > unet["gflop_per_image"]  # nested skip paths cost more at equal width
+    assert unetplusplus["saved_mb_per_image"] > unet["saved_mb_per_image"] > 0  # and keep more activations
 
 
 @pytest.mark.parametrize("groups", [1, 4, 16])
@@ -64,12 +65,28 @@ def test_training_flops_are_the_hand_count_for_grouped_and_transposed_convolutio
     transposed = 2 * n * side**2 * c * (c // groups) * 4
     pointwise = 2 * n * (2 * side) ** 2 * c * k
     loss = registry.create_loss("partial_ce")
-    counted = bench.perf.training_flops(model, loss, images, target)
+    counted, _ = bench.perf.count_training_step(model, loss, images, target)
     assert counted == 2 * grouped + 3 * transposed + 3 * pointwise
     if groups == 1:
         with FlopCounterMode(display=False) as torch_s:
             loss(model(images), target).backward()
         assert torch_s.get_total_flops() == counted
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_saved_for_backward_is_the_hand_count(autocast):
+    """A 3x3 convolution saves its input (and its weight: a parameter, not counted, unless autocast saves a bf16 copy
+    of it), ReLU its output; a view saved twice counts once, and the parameters' own storage never."""
+    n, side = 2, 8
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+    images = torch.randn(n, 3, side, side)
+    with bench.perf.saved_for_backward(model) as saved, torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        out = model(images)
+        (out[:1] * out[:1]).sum()  # mul saves the same view of ReLU's output twice
+    size = 2 if autocast else 4
+    expected = size * n * 3 * side**2 + size * n * 8 * side**2 + (size * 8 * 3 * 9 if autocast else 0)
+    assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert sum(saved.values()) == expected
 
 
 def test_on_the_cpu_the_default_workload_is_the_default_grid_s(tmp_path):
