@@ -7,6 +7,7 @@ writes the results store, which only the driver does. Everything in a job is pic
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import sys
@@ -21,12 +22,15 @@ import numpy as np
 import torch
 
 import registry
+from bench import checkpoints
 from bench.data import partial_masks
 from bench.grid import Cell, Grid
 from bench.provenance import provenance
 from bench.train import CellData, train_cell
+from registry.locks import writers_lock
 
-# report(cell_id, kind, payload): kind "started" {"where", "provenance"}, "epoch" {"history"}, "step" {"step", "total"}
+# report(cell_id, kind, payload): kind "started" {"where", "provenance"}, "epoch" {"history"}, "step" {"step", "total"},
+# "warning" {"message"} (a damaged checkpoint set aside, say)
 Report = Callable[[str, str, dict[str, Any]], None]
 
 
@@ -79,6 +83,19 @@ class JobResult:
     error: str | None = None  # one line; None when the cell finished
     trace: str | None = None
     best_checkpoint: bytes | None = None  # best.pt, when the worker could not write it where the driver reads
+    fatal: bool = False  # the error is the machine's, not the cell's (a full disk): the run stops, not just the cell
+
+
+DISK_FAULTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the disk is read-only", errno.EIO: "the disk reports an I/O error"}
+
+
+def disk_fault(err: BaseException) -> str | None:
+    """One line for an error that every later cell would meet too (a full or read-only disk), else None."""
+    if isinstance(err, OSError) and err.errno in DISK_FAULTS:
+        where = f" writing {err.filename}" if err.filename else ""
+        return f"{DISK_FAULTS[err.errno]}{where}"
+    return None
 
 
 _datasets: dict[str, GridData] = {}  # per process: a worker that runs many cells builds each dataset once
@@ -103,21 +120,39 @@ def run_job(job: CellJob, device: torch.device, report: Report,
             recoverable: Callable[[Exception], bool] = lambda err: True) -> JobResult:
     """Train the job's cell on ``device``; a failure of the cell becomes a result with its error, not an exception.
     An interruption propagates, and so does an error that ``recoverable`` refuses (under torchrun, one that the other
-    ranks do not share: see :func:`bench.executors.raised_by_every_rank`)."""
+    ranks do not share: see :func:`bench.executors.raised_by_every_rank`). The job holds the checkpoint folder's
+    writers lock while it trains (:func:`registry.locks.writers_lock`), so that a new run waits for it."""
     import_plugins(job.plugins)
     cell = job.cell
     shared = job.shared_marker is None or (job.checkpoint_root / job.shared_marker).exists()
     root = job.checkpoint_root if shared else Path(tempfile.gettempdir()) / "partialseg-checkpoints"
     checkpoint_dir = root / cell.cell_id
-    report(cell.cell_id, "started", {"where": f"{socket.gethostname()} {device}", "provenance": provenance(device)})
-    try:
-        history, metrics = train_cell(
-            cell, grid_data(job.grid).for_cell(cell), device, checkpoint_dir,
-            on_epoch=lambda history: report(cell.cell_id, "epoch", {"history": history}),
-            on_step=lambda step, total: report(cell.cell_id, "step", {"step": step, "total": total}))
-    except Exception as err:  # one broken cell must not stop the grid: the driver records why, and goes on
-        if not recoverable(err):
-            raise
-        return JobResult(cell.cell_id, [], None, f"{type(err).__name__}: {err}", traceback.format_exc())
-    best = None if shared else (checkpoint_dir / "best.pt").read_bytes()
+    with writers_lock(root):
+        report(cell.cell_id, "started", {"where": f"{socket.gethostname()} {device}",
+                                         "provenance": provenance(device)})
+        try:
+            history, metrics = train_cell(
+                cell, grid_data(job.grid).for_cell(cell), device, checkpoint_dir,
+                on_epoch=lambda history: report(cell.cell_id, "epoch", {"history": history}),
+                on_step=lambda step, total: report(cell.cell_id, "step", {"step": step, "total": total}),
+                on_warning=lambda message: report(cell.cell_id, "warning", {"message": message}))
+        except SystemExit as err:  # a plugin's sys.exit() ends its cell, not the run, and never silently
+            return JobResult(cell.cell_id, [], None, f"SystemExit: sys.exit({err.code!r}) was called while training "
+                             f"the cell (by {_caller(err)})", traceback.format_exc())
+        except Exception as err:  # one broken cell must not stop the grid: the driver records why, and goes on
+            fault = disk_fault(err)
+            if fault is None and not recoverable(err):
+                raise
+            return JobResult(cell.cell_id, [], None, fault or f"{type(err).__name__}: {err}", traceback.format_exc(),
+                             fatal=fault is not None)
+        best = None
+        if not shared:  # the driver cannot read this disk: best.pt travels in the result, the resume state stays here
+            best = (checkpoint_dir / checkpoints.BEST).read_bytes()
+            checkpoints.remove_resume_state(checkpoint_dir)
     return JobResult(cell.cell_id, history, metrics, best_checkpoint=best)
+
+
+def _caller(err: BaseException) -> str:
+    """Where an exception was raised: ``file line N``."""
+    frame = traceback.extract_tb(err.__traceback__)[-1]
+    return f"{frame.filename} line {frame.lineno}"

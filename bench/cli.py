@@ -1,35 +1,39 @@
 """The ``bench`` command: run a grid, list the registries and grids, regenerate the leaderboard.
 
-A mistake in the user's input ends in one line on stderr and exit code 2; Ctrl-C ends a run cleanly (exit 130) and the
-same command resumes it.
+A mistake in the user's input, a damaged file or a path that cannot be written ends in one line on stderr and exit
+code 2, before any work where it can be seen before; Ctrl-C, wherever it comes, ends in one line and exit code 130,
+with nothing half-written, and the same command resumes a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import shutil
+import signal
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 import registry
 from bench import distributed
+from bench.entry import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from bench.executors import DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow, parse_devices
-from bench.export import FORMATS
+from bench.export import FORMATS, read_export
 from bench.grid import list_grids, load_grid
 from bench.leaderboard import PLOTS_FOLDER, write_leaderboard
-from bench.runner import STORE_NAME, GridData, check_cells, exclusive, resolve_device, run_grid
-from bench.store import ResultStore
+from bench.runner import STORE_NAME, check_grid, exclusive, resolve_device, run_grid
+from bench.store import ResultStore, stale_rows
+from bench.tables import Listing, show
 from registry.core import filter_names
 from registry.errors import UserError
+from registry.files import require_writable_file, require_writable_folder, write_atomically
 
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 # bench perf's workload where the options leave it open: (architectures, tile side, batch). On a GPU the reference
 # experiment's models and batch; on a CPU, where those take hours, the default grid's.
 PERF_DEFAULTS = {
@@ -51,6 +55,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes in one line (it prints the whole usage first), as every other mistake."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     plugins = argparse.ArgumentParser(add_help=False)
     plugins.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -59,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     store_folder.add_argument("--out", type=Path, default=Path("runs"),
                               help="folder of the results store (default: runs)")
     outputs = argparse.ArgumentParser(add_help=False, parents=[store_folder])
-    outputs.add_argument("--leaderboard", type=Path, default=Path("leaderboard.md"),
-                         help="where to write the leaderboard (default: leaderboard.md)")
+    outputs.add_argument("--leaderboard", type=Path,
+                         help="where to write the leaderboard, its plots beside it in plots/ (default: "
+                              "OUT/leaderboard.md)")
 
-    parser = argparse.ArgumentParser(prog="bench", description="Segmentation under partial supervision: a benchmark.")
+    parser = Parser(prog="bench", description="Segmentation under partial supervision: a benchmark.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", parents=[plugins, outputs], help="run every unfinished cell of a grid")
@@ -96,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("patterns", nargs="*", default=["*"], help="shell-style patterns to include (default: *)")
     listing.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
 
-    commands.add_parser("leaderboard", parents=[outputs], help="regenerate the leaderboard from the store")
+    leaderboard = commands.add_parser("leaderboard", parents=[outputs],
+                                      help="regenerate the leaderboard from the store, or from exported results")
+    leaderboard.add_argument("--from", dest="sources", action="append", type=Path, metavar="PATH",
+                             help="JSON files written by `bench export --format json`, or folders of them, instead "
+                                  "of the store (the published leaderboard: --from results --leaderboard "
+                                  "leaderboard.md); repeatable")
 
     export = commands.add_parser("export", parents=[store_folder], help="write the stored cells as CSV or JSON")
     export.add_argument("--grid", action="append", dest="grids", metavar="NAME",
@@ -154,31 +171,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_HINTS = {  # what an interrupted command says after "interrupted"
+    "run": "finished cells are stored; run the same command again to resume",
+    "prepare": "the finished part is kept; run the same command again to resume",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    console = Console()
-    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+    command = None
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
         for module in getattr(args, "plugin", []):
             registry.import_plugin_module(module)
-        if args.command == "run":
-            return command_run(args, console)
-        if args.command == "list":
-            return command_list(args, console)
-        if args.command == "prepare":
-            return command_prepare(args, console)
-        if args.command == "perf":
-            return command_perf(args, console)
-        if args.command == "prune":
-            return command_prune(args, console)
-        if args.command == "show":
-            return command_show(args, console)
-        if args.command == "export":
-            return command_export(args, console)
-        return command_leaderboard(args, console)
+        return COMMANDS[command](args, Console())
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
+        hint = EXIT_HINTS.get(command)
+        print(f"interrupted{f': {hint}' if hint else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as err:  # a path the checks before the work could not foresee: a disk that filled up, say
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except SystemExit as err:
+        if command is None:  # argparse's own: --help, or a mistake it has said in one line
+            raise
+        # a plugin's sys.exit(), or a builder's: never a silent end
+        print(f"error: sys.exit({err.code!r}) was called by {where_raised(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def describe_os_error(err: OSError) -> str:
+    names = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None)
+    return f"{names}: {err.strerror or err}" if names else str(err.strerror or err)
+
+
+def where_raised(err: BaseException) -> str:
+    frame = traceback.extract_tb(err.__traceback__)[-1]
+    return f"{frame.filename} line {frame.lineno}"
+
+
+def leaderboard_path(args: argparse.Namespace) -> Path:
+    """``--leaderboard``, by default ``OUT/leaderboard.md``: a run never writes over the published leaderboard
+    unless asked to."""
+    return args.leaderboard if args.leaderboard is not None else args.out / "leaderboard.md"
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: the output folder and the leaderboard (and its plots folder) can be written."""
+    require_writable_folder(args.out, "--out")
+    board = leaderboard_path(args)
+    require_writable_file(board, "--leaderboard")
+    require_writable_folder(board.parent / PLOTS_FOLDER, "--leaderboard's plots folder")
 
 
 def command_run(args: argparse.Namespace, console: Console) -> int:
@@ -186,41 +234,40 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
 
     grid = load_grid(args.grid, epochs=args.epochs, overrides=args.overrides, data_root=args.data_root)
     device = resolve_device(args.device)
+    if not args.dry_run:
+        check_outputs(args)
     if args.ddp and not args.dry_run:
         device = check_ddp_options(args, device)
         if not distributed.is_main():  # rank 0 runs the grid below; the others train along with it
             follow(grid, args.out, device, plugin_paths(args))
             return 0
     executor = None if args.dry_run else build_executor(args, device)
-    try:  # before the run's live display: a dataset that reads files prepares its cache once, with its own bar
-        prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/] while preparing the dataset; run the same command again to resume",
-                      soft_wrap=True)
-        return EXIT_INTERRUPTED
-    if args.dry_run:
-        check_cells(grid, GridData(grid))
-        show_cells(grid, args.out / STORE_NAME, console, args.grid)
-        return 0
-    events = RichEvents(console)
     try:
+        # before the run's live display: a dataset that reads files prepares its cache once, with its own bar
+        prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
+        if args.dry_run:
+            check_grid(grid)
+            show_cells(grid, args.out / STORE_NAME, console, args.grid)
+            try:  # a dry run writes nothing, and reads a store on a read-only disk: it says what a run would meet
+                check_outputs(args)
+            except UserError as err:
+                console.print(f"[yellow]a run would stop before training[/]: {err}", highlight=False, soft_wrap=True)
+            return 0
+        events = RichEvents(console)
         with events:
             summary = run_grid(grid, args.out, device, events, executor)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: finished cells are stored in {args.out}; "
-                      "run the same command again to resume", soft_wrap=True)
-        return EXIT_INTERRUPTED
     finally:
         getattr(executor, "shutdown", lambda: None)()
     if events.results:
-        console.print(events.summary_table())
+        show(console, events.summary())
+    board = leaderboard_path(args)
     try:  # from this store, so that the leaderboard never links another run's figures
-        draw_figures(grid, args.out, args.leaderboard, device, console)
+        draw_figures(grid, args.out, board, device, console)
     except Exception as err:  # noqa: BLE001  (the figures are extras: the leaderboard must not depend on them)
         console.print(f"[yellow]figures not drawn[/]: {type(err).__name__}: {err}", soft_wrap=True)
-    regenerate(args.out, args.leaderboard)
+    regenerate(args.out, board)
     console.print(f"{len(summary.done)} cells run, {len(summary.skipped)} already finished, "
-                  f"{len(summary.failed)} failed; leaderboard written to {args.leaderboard}")
+                  f"{len(summary.failed)} failed; leaderboard written to {board}", highlight=False, soft_wrap=True)
     return 1 if summary.failed else 0
 
 
@@ -261,39 +308,44 @@ def build_executor(args: argparse.Namespace, device) -> Executor:
 def show_cells(grid, store_path: Path, console: Console, grid_argument: str) -> None:
     """The cells of a grid and what a run would do with each, and how many stored cells of the grid's name it no
     longer has; reads the store without writing it."""
-    store = ResultStore(store_path) if store_path.exists() else None
-    table = Table(title=f"grid {grid.name}: {len(grid.cells)} cells")
-    for column in ("cell id", "cell", "state"):
-        table.add_column(column)
-    for cell in grid.cells:
-        row = store.get(cell.cell_id) if store else None
-        state = "to run" if row is None else ("finished" if row.status == "done" else f"{row.status}, to rerun")
-        table.add_row(cell.cell_id, cell.label, state)
-    console.print(table)
-    if store is not None:
-        stale = stale_rows(grid, store)
-        store.close()
-        if stale:
-            console.print(f"{len(stale)} stored cells of grid {grid.name} are not in it any more: "
-                          f"`bench prune --grid {grid_argument}` lists them", highlight=False, soft_wrap=True)
+    store = ResultStore(store_path, readonly=True) if store_path.exists() else None
+    try:
+        listing = Listing(f"grid {grid.name}: {len(grid.cells)} cells", ("cell id", "cell", "state"))
+        for cell in grid.cells:
+            row = store.find(cell) if store else None
+            state = "to run" if row is None else ("finished" if row.status == "done" else f"{row.status}, to rerun")
+            listing.rows.append((cell.cell_id, cell.label, state))
+        show(console, listing)
+        stale, elsewhere = stale_rows(grid, store) if store is not None else ([], [])
+    finally:
+        if store is not None:
+            store.close()
+    if stale:
+        console.print(f"{len(stale)} stored cells of grid {grid.name} are not in it any more: "
+                      f"`bench prune --grid {grid_argument}` lists them", highlight=False, soft_wrap=True)
+    say_elsewhere(console, grid, elsewhere)
 
 
-def stale_rows(grid, store: ResultStore) -> list:
-    """The stored cells filed under the grid's name whose identity the grid, as it now reads, does not have."""
-    current = {cell.cell_id for cell in grid.cells}
-    return [row for row in store.rows(status=None) if row.grid == grid.name and row.cell_id not in current]
+def say_elsewhere(console: Console, grid, elsewhere: list) -> None:
+    """Name the stored cells of a grid of the same name run from another file, which are left alone."""
+    if elsewhere:
+        files = sorted({row.provenance["grid_file"] for row in elsewhere})
+        console.print(f"{len(elsewhere)} stored cells of a grid named {grid.name} come from another file "
+                      f"({', '.join(files)}): left alone", highlight=False, soft_wrap=True)
 
 
 def command_show(args: argparse.Namespace, console: Console) -> int:
     """bench.show's two figures for the grid (bench run draws them too, after the grid), then the leaderboard, which
     links them, regenerated when there is a store."""
     grid = load_grid(args.grid, overrides=args.overrides, data_root=args.data_root)
+    board = leaderboard_path(args)
+    require_writable_folder(board.parent / PLOTS_FOLDER, "--leaderboard's plots folder")
     prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
-    for path in draw_figures(grid, args.out, args.leaderboard, resolve_device(args.device), console, args.tiles):
+    for path in draw_figures(grid, args.out, board, resolve_device(args.device), console, args.tiles):
         console.print(f"written {path}", highlight=False)
     if (args.out / STORE_NAME).exists():
-        regenerate(args.out, args.leaderboard)
-        console.print(f"leaderboard written to {args.leaderboard}", highlight=False)
+        regenerate(args.out, board)
+        console.print(f"leaderboard written to {board}", highlight=False)
     return 0
 
 
@@ -304,50 +356,48 @@ def draw_figures(grid, out: Path, leaderboard: Path, device, console: Console, t
 
     rows = []
     if (out / STORE_NAME).exists():
-        store = ResultStore(out / STORE_NAME)
-        try:
+        with ResultStore(out / STORE_NAME, readonly=True) as store:
             rows = store.rows("done")
-        finally:
-            store.close()
+    (leaderboard.parent / PLOTS_FOLDER).mkdir(parents=True, exist_ok=True)
     with console.status(f"drawing grid {grid.name}"):
         written, missing = write_figures(grid, rows, out / "checkpoints", leaderboard.parent / PLOTS_FOLDER, tiles,
                                          device)
     for label in missing:
-        console.print(f"[yellow]not drawn[/]: {label} (no best.pt of its annotation in {out / 'checkpoints'})")
+        console.print(f"[yellow]not drawn[/]: {label} (no whole best.pt of its annotation in {out / 'checkpoints'})",
+                      highlight=False, soft_wrap=True)
     return written
 
 
 def command_prune(args: argparse.Namespace, console: Console) -> int:
-    """List the stale cells of a grid (see stale_rows); with --delete, forget them and their checkpoints, holding the
-    output folder as a run does, and regenerate the leaderboard."""
+    """List the stale cells of a grid (see stale_rows), reading the store only; with --delete, forget them and their
+    checkpoints, holding the output folder as a run does, and regenerate the leaderboard."""
     grid = load_grid(args.grid, overrides=args.overrides)
     store_path = args.out / STORE_NAME
     if not store_path.exists():
         raise UserError(f"no results store at {store_path}: nothing to prune")
-    with exclusive(args.out):
-        store = ResultStore(store_path)
-        try:
-            stale = stale_rows(grid, store)
-            if not stale:
-                console.print(f"nothing to prune: every stored cell of grid {grid.name} is in it", highlight=False)
-                return 0
-            table = Table(title=f"stored cells of grid {grid.name} that it no longer has")
-            for column in ("cell id", "cell", "status", "finished"):
-                table.add_column(column)
-            for row in stale:
-                table.add_row(row.cell_id, row.label, row.status, row.finished_at or "")
-            console.print(table)
-            if not args.delete:
-                console.print(f"{len(stale)} cells; `bench prune --grid {args.grid} --delete` forgets them and their "
-                              "checkpoints", highlight=False, soft_wrap=True)
-                return 0
-            store.delete([row.cell_id for row in stale])
-            for row in stale:
-                shutil.rmtree(args.out / "checkpoints" / row.cell_id, ignore_errors=True)
-        finally:
-            store.close()
-    regenerate(args.out, args.leaderboard)
-    console.print(f"{len(stale)} cells forgotten; leaderboard written to {args.leaderboard}", highlight=False)
+    with ResultStore(store_path, readonly=True) as store:
+        stale, elsewhere = stale_rows(grid, store)
+    say_elsewhere(console, grid, elsewhere)
+    if not stale:
+        console.print(f"nothing to prune: every stored cell of grid {grid.name} is in it", highlight=False)
+        return 0
+    listing = Listing(f"stored cells of grid {grid.name} that it no longer has",
+                      ("cell id", "cell", "status", "finished"))
+    listing.rows = [(row.cell_id, row.label, row.status, row.finished_at or "") for row in stale]
+    show(console, listing)
+    if not args.delete:
+        console.print(f"{len(stale)} cells; `bench prune --grid {args.grid} --delete` forgets them and their "
+                      "checkpoints", highlight=False, soft_wrap=True)
+        return 0
+    board = leaderboard_path(args)
+    require_writable_file(board, "--leaderboard")
+    with exclusive(args.out), ResultStore(store_path) as store:
+        stale, _ = stale_rows(grid, store)  # again, holding the folder: what a run may have finished since
+        store.delete([row.cell_id for row in stale])
+        for row in stale:
+            shutil.rmtree(args.out / "checkpoints" / row.cell_id, ignore_errors=True)
+    regenerate(args.out, board)
+    console.print(f"{len(stale)} cells forgotten; leaderboard written to {board}", highlight=False)
     return 0
 
 
@@ -385,14 +435,10 @@ def prepare_dataset(name: str, kwargs: dict, console: Console):
 
 
 def command_prepare(args: argparse.Namespace, console: Console) -> int:
-    options = {"root": args.root, "size": args.size, "layout": args.layout, "cache_dir": args.cache_dir}
+    options = {"root": args.root, "size": args.size, "layout": args.layout, "cache_dir": args.cache_dir,
+               "verify": True}  # the command that says "ready" reads every byte first
     started = time.perf_counter()
-    try:
-        cache = prepare_dataset(args.dataset, {k: v for k, v in options.items() if v is not None}, console)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: the finished part is kept; run the same command again to resume",
-                      soft_wrap=True)
-        return EXIT_INTERRUPTED
+    cache = prepare_dataset(args.dataset, {k: v for k, v in options.items() if v is not None}, console)
     if cache is None:
         raise UserError(f"dataset {args.dataset!r} needs no preparation")
     counts = cache.manifest["counts"]
@@ -405,11 +451,10 @@ def command_prepare(args: argparse.Namespace, console: Console) -> int:
 
 
 def command_perf(args: argparse.Namespace, console: Console) -> int:
-    import json
-
-    from bench.perf import PerfConfig, parse_arch_spec, perf_table, run_perf
+    from bench.perf import PerfConfig, parse_arch_spec, perf_listing, run_perf
     from bench.runner import build_without_weights
 
+    require_writable_file(args.json, "--json")
     device = resolve_device(args.device)
     default_archs, default_size, default_batch = PERF_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
     archs = [parse_arch_spec(spec) for spec in (args.archs or default_archs)]
@@ -422,8 +467,9 @@ def command_perf(args: argparse.Namespace, console: Console) -> int:
     with console.status(f"measuring {', '.join(arch.label for arch in archs)} at {size} x {size}, batch {batch_size}, "
                         f"on {device}"):
         report = run_perf(config, device)
-    console.print(perf_table(report), soft_wrap=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    show(console, perf_listing(report))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(args.json, json.dumps(report, indent=2) + "\n")
     console.print(f"figures written to {args.json}", highlight=False)
     return 0
 
@@ -431,14 +477,13 @@ def command_perf(args: argparse.Namespace, console: Console) -> int:
 def command_export(args: argparse.Namespace, console: Console) -> int:
     """bench.export's CSV or JSON of the store's cells (finished ones unless --all, of the --grid names if given), to
     standard output or a file; reads the store without writing it."""
+    if args.output != "-":
+        require_writable_file(Path(args.output), "--output")
     store_path = args.out / STORE_NAME
     if not store_path.exists():
         raise UserError(f"no results store at {store_path}: run `bench run --grid NAME` first")
-    store = ResultStore(store_path)
-    try:
+    with ResultStore(store_path, readonly=True) as store:
         stored = store.rows(status=None)
-    finally:
-        store.close()
     names = sorted({row.grid for row in stored})
     for name in args.grids or []:
         if name not in names:
@@ -450,18 +495,26 @@ def command_export(args: argparse.Namespace, console: Console) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        try:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).write_text(text, encoding="utf-8")
-        except OSError as err:  # a folder by that name, a file where a folder should be, no permission
-            raise UserError(f"cannot write {args.output}: {err.strerror or err}") from None
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(Path(args.output), text)
         console.print(f"{len(rows)} cells written to {args.output}", highlight=False)
     return 0
 
 
 def command_leaderboard(args: argparse.Namespace, console: Console) -> int:
-    regenerate(args.out, args.leaderboard)
-    console.print(f"leaderboard written to {args.leaderboard}")
+    """From the store in --out, or (--from) from exported results: the published leaderboard is made so, from the
+    results committed in the repository, and written where --leaderboard says (by default leaderboard.md)."""
+    if args.sources:
+        board = args.leaderboard or Path("leaderboard.md")
+        require_writable_file(board, "--leaderboard")
+        rows = [row for source in args.sources for row in read_export(source)]
+        write_leaderboard([r for r in rows if r.status == "done"], [r for r in rows if r.status == "failed"], board,
+                          ", ".join(str(source) for source in args.sources))
+    else:
+        board = leaderboard_path(args)
+        require_writable_file(board, "--leaderboard")
+        regenerate(args.out, board)
+    console.print(f"leaderboard written to {board}", highlight=False)
     return 0
 
 
@@ -469,12 +522,11 @@ def regenerate(out: Path, leaderboard: Path) -> None:
     store_path = out / STORE_NAME
     if not store_path.exists():
         raise UserError(f"no results store at {store_path}: run `bench run --grid NAME` first")
-    store = ResultStore(store_path)
-    try:
-        write_leaderboard(store.rows("done"), store.rows("failed"), leaderboard, str(store_path))
-    finally:
-        store.close()
+    with ResultStore(store_path, readonly=True) as store:
+        done, failed = store.rows("done"), store.rows("failed")
+    write_leaderboard(done, failed, leaderboard, str(store_path))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+COMMANDS = {"run": command_run, "list": command_list, "prepare": command_prepare, "perf": command_perf,
+            "prune": command_prune, "show": command_show, "export": command_export,
+            "leaderboard": command_leaderboard}

@@ -11,8 +11,9 @@ to the recorder, from the driver's thread. Executors never touch the results sto
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
+import threading
 import time
 import traceback
 from collections import Counter, deque
@@ -31,7 +32,9 @@ from registry.errors import UserError
 if TYPE_CHECKING:
     from bench.runner import Recorder
 
-STEP_REPORT_SECONDS = 0.5  # workers in other processes report steps at most this often: the bar, not the queue
+STEP_REPORT_SECONDS = 0.5  # workers in other processes report steps at most this often: the bar, not the pipe
+DRIVER_CHECK_SECONDS = 0.2  # how often a worker looks whether its driver is still alive
+EXIT_ORPHANED = 3  # the exit code of a worker that ended because its driver was gone
 
 
 class Executor(Protocol):
@@ -85,16 +88,31 @@ def throttled(report: Report) -> Report:
     return send
 
 
-def _worker_main(slot: int, device: torch.device, threads: int, inbox, outbox) -> None:
-    """A pool worker: jobs in from ``inbox`` until ``None``; messages and results out to ``outbox``."""
+def exit_when_parent_dies(parent: int) -> None:
+    """Start a thread that ends this process at once (no clean-up: its checkpoints are written atomically) when the
+    process ``parent`` that started it is gone, as when the driver of a run is killed: a worker must never go on
+    writing into a folder that a resumed run uses. An orphan is adopted by another process, so its parent changes."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(DRIVER_CHECK_SECONDS)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="driver-watchdog", daemon=True).start()
+
+
+def _worker_main(device: torch.device, threads: int, connection, driver: int) -> None:
+    """A pool worker: jobs in from ``connection`` until ``None``; messages and results out through it. Each send is
+    written to the pipe before it returns, so whatever the worker said before it died reaches the driver."""
+    exit_when_parent_dies(driver)
     torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    report = throttled(lambda cell_id, kind, payload: outbox.put((slot, cell_id, kind, payload)))
+    report = throttled(lambda cell_id, kind, payload: connection.send((cell_id, kind, payload)))
     try:
-        while (job := inbox.get()) is not None:
-            outbox.put((slot, job.cell_id, "result", run_job(job, device, report)))
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the driver records the interruption
+        while (job := connection.recv()) is not None:
+            connection.send((job.cell_id, "result", run_job(job, device, report)))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):  # Ctrl-C reaches the whole process group; a driver gone
         pass
 
 
@@ -102,8 +120,18 @@ def _worker_main(slot: int, device: torch.device, threads: int, inbox, outbox) -
 class _Worker:
     device: torch.device
     process: multiprocessing.Process
-    inbox: Any
+    connection: Any
     job: CellJob | None = None
+
+    def messages(self) -> list[tuple]:
+        """What the worker has sent and the driver not yet read (all of it, once the worker is dead)."""
+        received = []
+        try:
+            while self.connection.poll():
+                received.append(self.connection.recv())
+        except (EOFError, OSError):  # the worker is gone and everything it wrote has been read
+            pass
+        return received
 
 
 class DevicePoolExecutor:
@@ -111,6 +139,7 @@ class DevicePoolExecutor:
 
     A worker that dies (killed, out of memory, a crashed driver of the GPU) is replaced; its cell goes back to the
     queue, resumes from its last checkpoint, and after ``retries`` such deaths is recorded as failed with the reason.
+    A worker whose driver dies ends too (:func:`exit_when_parent_dies`).
     """
 
     def __init__(self, devices: list[torch.device], retries: int = 2, plugins: tuple[str, ...] = (),
@@ -120,25 +149,25 @@ class DevicePoolExecutor:
         self.threads = threads or max(1, (os.cpu_count() or 1) // len(devices))
         self._context = multiprocessing.get_context("spawn")
 
-    def _start(self, slot: int, outbox) -> _Worker:
+    def _start(self, slot: int) -> _Worker:
         device = self.devices[slot]
-        inbox = self._context.Queue()
+        ours, theirs = self._context.Pipe()
         # Not daemonic: a daemonic process may not have children, and a cell on the DataLoader path starts its
         # loader's worker processes. The run's `finally` stops the workers instead.
-        process = self._context.Process(target=_worker_main, args=(slot, device, self.threads, inbox, outbox),
+        process = self._context.Process(target=_worker_main, args=(device, self.threads, theirs, os.getpid()),
                                         name=f"bench-worker-{slot}", daemon=False)
         process.start()
-        return _Worker(device, process, inbox)
+        theirs.close()  # the worker's end lives in the worker alone: its death is then an end of file here
+        return _Worker(device, process, ours)
 
     def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
-        outbox = self._context.Queue()
         pending, deaths = deque(jobs), Counter()
-        workers = [self._start(slot, outbox) for slot in range(len(self.devices))]
+        workers = [self._start(slot) for slot in range(len(self.devices))]
 
-        def handle(message) -> None:
-            slot, cell_id, kind, payload = message
+        def handle(worker: _Worker, message) -> None:
+            cell_id, kind, payload = message
             if kind == "result":
-                workers[slot].job = None
+                worker.job = None
                 recorder.finish(payload)
             else:
                 recorder.report(cell_id, kind, payload)
@@ -148,19 +177,18 @@ class DevicePoolExecutor:
                 for worker in workers:
                     if worker.job is None and pending:
                         worker.job = pending.popleft()
-                        worker.inbox.put(worker.job)
-                try:
-                    handle(outbox.get(timeout=0.2))
-                except queue.Empty:
-                    pass
+                        worker.connection.send(worker.job)
+                multiprocessing.connection.wait([w.connection for w in workers] + [w.process.sentinel for w in workers],
+                                                timeout=0.2)
                 for slot, worker in enumerate(workers):
+                    for message in worker.messages():  # a dead worker's last words count: a result means no loss
+                        handle(worker, message)
                     if worker.process.is_alive():
                         continue
-                    # what it sent before dying counts (a result among it means its cell is not lost)
-                    for message in _drain(outbox):
-                        handle(message)
+                    worker.process.join()
                     job, code = worker.job, worker.process.exitcode
-                    workers[slot] = self._start(slot, outbox)
+                    worker.connection.close()
+                    workers[slot] = self._start(slot)
                     if job is None:
                         continue
                     deaths[job.cell_id] += 1
@@ -171,23 +199,20 @@ class DevicePoolExecutor:
                     else:
                         recorder.finish(JobResult(job.cell_id, [], None,
                                                   f"{reason}, {deaths[job.cell_id]} times: gave up"))
-        finally:
+        finally:  # a worker still busy is stopped (its cell resumes from its checkpoint); the idle ones are told to end
             for worker in workers:
-                if worker.process.is_alive():
-                    worker.inbox.put(None)
+                if worker.job is not None:
+                    worker.process.terminate()
+                else:
+                    try:
+                        worker.connection.send(None)
+                    except OSError:  # it is already gone
+                        pass
             for worker in workers:
                 worker.process.join(timeout=10)
                 if worker.process.is_alive():
-                    worker.process.terminate()
-
-
-def _drain(outbox) -> list:
-    messages = []
-    while True:
-        try:
-            messages.append(outbox.get(timeout=0.1))
-        except queue.Empty:
-            return messages
+                    worker.process.kill()
+                    worker.process.join()
 
 
 def raised_by_every_rank(err: Exception) -> bool:

@@ -13,8 +13,10 @@ import dataclasses
 import io
 import json
 from collections.abc import Iterable
+from pathlib import Path
 
 from bench.store import CellRow
+from registry.errors import UserError
 
 IDENTITY = ("cell_id", "grid", "dataset", "arch", "loss", "masker", "fraction", "seed", "status")
 LEADING = ("labelled_fraction", "best_miou", "final_miou", "test_miou")  # the metrics a reader looks for first
@@ -64,3 +66,25 @@ def to_json(rows: Iterable[CellRow]) -> str:
 
 
 FORMATS = {"csv": to_csv, "json": to_json}
+ROW_FIELDS = {f.name for f in dataclasses.fields(CellRow)}
+
+
+def read_export(source: Path) -> list[CellRow]:
+    """The cells of a JSON file written by :func:`to_json` (``bench export --format json``), or of every ``*.json``
+    file in a folder of them: results kept without their store, as the repository keeps the published ones."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(source.glob("*.json"))
+        if not files:
+            raise UserError(f"--from {source}: no .json file in this folder")
+        return [row for path in files for row in read_export(path)]
+    try:
+        records = json.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--from {source}: no such file or folder") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"--from {source}: not a JSON export of cells ({err})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and set(r) == ROW_FIELDS for r in records):
+        raise UserError(f"--from {source}: not what `bench export --format json` writes (a list of cells with the "
+                        f"fields {', '.join(sorted(ROW_FIELDS))})")
+    return [CellRow(**record) for record in records]

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import registry
+from registry.arguments import canonical_arguments
 from registry.errors import UserError
 
 GRID_DIR = Path(__file__).resolve().parent.parent / "tasks"  # a checkout (or an editable install) of the project
@@ -90,6 +91,9 @@ class Component:
     kwargs: dict[str, Any] = field(default_factory=dict)
     regularizers: tuple[dict[str, Any], ...] = ()
     files: dict[str, str] = field(default_factory=dict)  # file arguments (FILE_SUFFIX): name -> absolute path
+    # Values as the grid wrote them where they differ from the canonical ones (``gamma = 2`` for 2.0): (path in
+    # as_config(), written value). Cells stored before numbers were made canonical are found by them (Cell.aliases).
+    written: tuple[tuple[tuple, Any], ...] = ()
 
     @property
     def build_kwargs(self) -> dict[str, Any]:
@@ -117,6 +121,12 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def config_id(config: dict[str, Any]) -> str:
+    """A cell's identity: the hash of its config."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Cell:
     grid: str
@@ -128,6 +138,7 @@ class Cell:
     seed: int
     recipe: dict[str, Any]
     masker_uses_fraction: bool = True  # for the label only: a masker that ignores the fraction runs at 1.0
+    recipe_written: dict[str, Any] = field(default_factory=dict)  # recipe values as written, where not canonical
 
     @property
     def config(self) -> dict[str, Any]:
@@ -145,8 +156,27 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return config_id(self.config)
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Other ids this cell may be stored under: its id with the numbers as the grid wrote them, which is how
+        cells were stored before numbers that are equal as numbers (``0`` and ``0.0``) were made one cell."""
+        written = [((kind, *path), value) for kind in ("dataset", "arch", "loss", "masker")
+                   for path, value in getattr(self, kind).written]
+        if not written and not self.recipe_written:
+            return ()
+        config = json.loads(json.dumps(self.config))
+        for path, value in written:
+            node = config
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = value
+        for key, value in self.recipe_written.items():
+            if key in config["recipe"]:  # a recipe key left out of the identity stays out
+                config["recipe"][key] = value
+        alias = config_id(config)
+        return () if alias == self.cell_id else (alias,)
 
     @property
     def label(self) -> str:
@@ -164,6 +194,21 @@ class Grid:
     dataset: Component  # the dataset's identity: its name and the keyword arguments that define its data
     cells: tuple[Cell, ...]
     dataset_location: dict[str, str] = field(default_factory=dict)  # root, cache_dir: absolute paths
+    # Where each component stands, for messages about it found after the grid is read: ("archs", label) -> "path
+    # line N" or the --set that gave it; ("dataset", name) for the dataset, ("dataset", key) for its arguments.
+    places: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def cells_by_id(self) -> dict[str, Cell]:
+        """The cells by every id they may be stored under (their id and their aliases)."""
+        return {cell_id: cell for cell in self.cells for cell_id in (cell.cell_id, *cell.aliases)}
+
+    def place(self, axis: str, label: str) -> str:
+        return self.places.get((axis, label), str(self.path))
+
+    def dataset_place(self, message: str) -> str:
+        """Where the dataset's argument that ``message`` names stands, else where the dataset does."""
+        named = [key for key in self.dataset.kwargs if re.search(rf"\b{re.escape(key)}\b", message)]
+        return self.place("dataset", named[0] if named else self.dataset.name)
 
     def dataset_kwargs(self) -> dict[str, Any]:
         """Everything the dataset's builder is called with: identity and location."""
@@ -213,7 +258,14 @@ def load_grid(name_or_path: str, epochs: int | None = None, overrides: Sequence[
     as ``recipe.epochs=N``; ``data_root`` sets the dataset's ``root`` (a relative one is taken from the current
     folder)."""
     path = resolve_grid_path(name_or_path)
-    return parse_grid(path.read_text(encoding="utf-8"), path, epochs=epochs, overrides=overrides, data_root=data_root)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the grid as "
+                        "UTF-8") from None
+    return parse_grid(text, path, epochs=epochs, overrides=overrides, data_root=data_root)
 
 
 def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequence[str] = (),
@@ -236,20 +288,22 @@ def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequ
     for required in ("dataset", "axes"):
         if required not in data:
             raise UserError(f"{path}: missing table [{required}]")
+    if not isinstance(data.get("description", ""), str):
+        raise where.error(f"description must be a string, not {data['description']!r}", "description")
     dataset, location = _dataset(data["dataset"], where)
     axes = data["axes"]
+    if not isinstance(axes, dict):
+        raise where.error(f"[axes] must be a table (archs = [...], losses = [...], ...), not {axes!r}", "axes",
+                          key="axes")
     where.check_keys(axes, AXIS_KEYS, table="axes")
     archs = _axis(axes, "archs", registry.ARCHS, where)
     losses = _axis(axes, "losses", registry.LOSSES, where)
     for loss in losses:  # built once here, so that a bad argument is reported with its line
-        try:
-            registry.create_loss(loss.name, **loss.kwargs)
-        except UserError as err:
-            raise where.error(str(err), loss.name, key="axes.losses") from None
+        built(lambda: registry.create_loss(loss.name, **loss.kwargs), "loss", loss, where, "axes.losses")
     maskers = _axis(axes, "maskers", registry.MASKERS, where)
     fractions = _fractions(axes, where)
     seeds = _seeds(axes, where)
-    recipe = _recipe(data.get("recipe", {}), where)
+    recipe, recipe_written = _recipe(data.get("recipe", {}), where)
     include = _filters(axes, "include", where)
     exclude = _filters(axes, "exclude", where)
 
@@ -257,15 +311,14 @@ def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequ
     cells: dict[str, Cell] = {}
     uses_fraction = {}
     for masker in maskers:
-        try:
-            uses_fraction[masker.label] = registry.create_masker(masker.name, **masker.kwargs).uses_fraction
-        except UserError as err:
-            raise where.error(str(err), masker.name, key="axes.maskers") from None
+        uses_fraction[masker.label] = built(lambda: registry.create_masker(masker.name, **masker.kwargs), "masker",
+                                            masker, where, "axes.maskers").uses_fraction
     # Cells sharing partial masks (same seed, masker, fraction) come together, so each set of masks is drawn once.
     for seed, masker in itertools.product(seeds, maskers):
         for fraction, loss, arch in itertools.product(fractions if uses_fraction[masker.label] else [1.0],
                                                       losses, archs):
-            cell = Cell(name, dataset, arch, loss, masker, fraction, seed, recipe, uses_fraction[masker.label])
+            cell = Cell(name, dataset, arch, loss, masker, fraction, seed, recipe, uses_fraction[masker.label],
+                        recipe_written)
             keys = {"arch": arch.label, "loss": loss.label, "masker": masker.label, "fraction": fraction, "seed": seed}
             if include and not any(_matches(rule, keys) for rule in include):
                 continue
@@ -274,7 +327,28 @@ def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequ
             cells.setdefault(cell.cell_id, cell)
     if not cells:
         raise UserError(f"{path}: the grid has no cells left after include/exclude")
-    return Grid(name, path, str(data.get("description", "")), dataset, tuple(cells.values()), location)
+    places = {("dataset", dataset.name): where.prefix("name", "dataset", key="dataset.name")}
+    places.update({("dataset", key): where.prefix(key, "dataset", key=f"dataset.{key}") for key in dataset.kwargs})
+    for axis, components in (("archs", archs), ("losses", losses), ("maskers", maskers)):
+        for component in components:
+            places[axis, component.label] = where.prefix(component.name, key=f"axes.{axis}")
+    return Grid(name, path, data.get("description", ""), dataset, tuple(cells.values()), location, places)
+
+
+def built(build, kind: str, component: Component, where: _Locator, key: str):
+    """``build()``, with whatever it raises for the grid's arguments reported with the line (or --set) where the
+    component stands: a builder's UserError as it is, anything else as a builder that cannot take them."""
+    try:
+        return build()
+    except UserError as err:
+        raise where.error(str(err), component.name, key=key) from None
+    except Exception as err:  # noqa: BLE001  (a plugin's builder may raise anything for a bad value)
+        raise where.error(builder_failure(kind, component, err), component.name, key=key) from None
+
+
+def builder_failure(kind: str, component: Component, err: Exception) -> str:
+    arguments = ", ".join(f"{k}={v!r}" for k, v in component.build_kwargs.items()) or "its defaults"
+    return f"{kind} {component.name!r} cannot be built with {arguments}: {type(err).__name__}: {err}"
 
 
 # -- overrides --------------------------------------------------------------------------------------------------------
@@ -340,14 +414,18 @@ class _Locator:
                 return i + 1
         return None
 
-    def error(self, message: str, needle: str, table: str = "", key: str | None = None) -> UserError:
-        """A mistake about the value at dotted ``key`` (default: ``table.needle``): named by the override that set
-        it, or by the file's line where ``needle`` stands."""
+    def prefix(self, needle: str, table: str = "", key: str | None = None) -> str:
+        """Where the value at dotted ``key`` (default: ``table.needle``) comes from: the override that set it, or
+        the file and the line where ``needle`` stands."""
         origin = self.origin(key or ".".join(filter(None, (table, needle))))
         if origin is not None:
-            return UserError(f"{origin}: {message}")
+            return origin
         line = self.line_of(needle, table)
-        return UserError(f"{self.path}{f' line {line}' if line else ''}: {message}")
+        return f"{self.path}{f' line {line}' if line else ''}"
+
+    def error(self, message: str, needle: str, table: str = "", key: str | None = None) -> UserError:
+        """A mistake about the value at ``key``, named by :meth:`prefix`."""
+        return UserError(f"{self.prefix(needle, table, key)}: {message}")
 
     def check_keys(self, data: dict, allowed: set[str], table: str, key: str | None = None) -> None:
         for name in data:
@@ -369,7 +447,8 @@ def _component(spec: Any, kind: str, reg: registry.Registry, where: _Locator, ke
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise where.error(f"a {kind} must be a name or a table with a 'name' key, not {spec!r}", kind,
+        article = "an" if reg.kind[0] in "aeiou" else "a"
+        raise where.error(f"{article} {reg.kind} must be a name or a table with a 'name' key, not {spec!r}", kind,
                           key=field_key("name"))
     kwargs = {k: v for k, v in spec.items() if k not in ("name", "label")}
     name = spec["name"]
@@ -384,12 +463,29 @@ def _component(spec: Any, kind: str, reg: registry.Registry, where: _Locator, ke
         raise where.error(f"{reg.kind} {name!r}: {err}", unknown, key=field_key(unknown)) from None
     except ValueError:  # no inspectable signature: the builder will say
         pass
-    label = str(spec.get("label", name))
+    written = kwargs
+    try:
+        kwargs = canonical_arguments(reg.kind, name, builder, written)
+    except UserError as err:
+        wrong = next((k for k in written if f": {k} must be" in str(err)), name)
+        raise where.error(str(err), wrong, key=field_key(wrong)) from None
+    changed = tuple((("kwargs", k), value) for k, value in written.items()
+                    if k not in kwargs or _number_form(kwargs[k]) != _number_form(value))
+    if "label" in spec and not (isinstance(spec["label"], str) and spec["label"].strip()):
+        raise where.error(f"{reg.kind} {name!r}: label must be a non-empty string, not {spec['label']!r}", "label",
+                          key=field_key("label"))
+    label = spec.get("label", name)
     if kind == "dataset":  # its paths are locations (LOCATION_KEYS): see _dataset
-        return Component(name, label, kwargs)
+        return Component(name, label, kwargs, written=changed)
     files = {k: _file_argument(k, v, where, key) for k, v in kwargs.items()
              if k.endswith(FILE_SUFFIX) and v is not None}
-    return Component(name, label, {k: v for k, v in kwargs.items() if k not in files}, files=files)
+    return Component(name, label, {k: v for k, v in kwargs.items() if k not in files}, files=files,
+                     written=tuple(entry for entry in changed if entry[0][1] not in files))
+
+
+def _number_form(value: Any) -> str:
+    """A value's JSON, which tells ``2`` from ``2.0`` (equal in Python)."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _file_argument(name: str, value: Any, where: _Locator, key: str) -> str:
@@ -418,7 +514,8 @@ def _dataset(spec: Any, where: _Locator) -> tuple[Component, dict[str, str]]:
         base = Path.cwd() if where.origin(f"dataset.{name}") else where.path.parent
         location[name] = str((base / Path(value).expanduser()).resolve())
     identity = {k: v for k, v in dataset.kwargs.items() if k not in LOCATION_KEYS}
-    return Component(dataset.name, dataset.label, identity), location
+    written = tuple(entry for entry in dataset.written if entry[0][1] not in LOCATION_KEYS)
+    return Component(dataset.name, dataset.label, identity, written=written), location
 
 
 def _axis(axes: dict, key: str, reg: registry.Registry, where: _Locator) -> list[Component]:
@@ -459,20 +556,26 @@ def _regularizer(name: Any, weight: Any, kwargs: dict[str, Any], where: _Locator
         raise where.error(f"regularizer {name!r}: weight must be a positive finite number, not {weight!r}", needle,
                           key="axes.losses")
     try:
-        registry.REGULARIZERS.entry(name)
+        builder = registry.REGULARIZERS.entry(name).builder
     except registry.UnknownNameError as err:
         raise where.error(str(err), needle, key="axes.losses") from None
     try:
-        registry.create_regularizer(name, **kwargs)
-    except (UserError, TypeError) as err:
-        raise where.error(f"regularizer {name!r}: {err}", needle, key="axes.losses") from None
-    return {"name": name, "weight": float(weight), "kwargs": dict(kwargs)}
+        canonical = canonical_arguments("regularizer", name, builder, kwargs)
+        registry.create_regularizer(name, **canonical)
+    except UserError as err:
+        message = str(err) if str(err).startswith("regularizer") else f"regularizer {name!r}: {err}"
+        raise where.error(message, needle, key="axes.losses") from None
+    except Exception as err:  # noqa: BLE001  (a plugin's builder may raise anything for a bad value)
+        raise where.error(f"regularizer {name!r} cannot be built with {kwargs}: {type(err).__name__}: {err}", needle,
+                          key="axes.losses") from None
+    return {"name": name, "weight": float(weight), "kwargs": canonical}
 
 
 def _loss(spec: Any, where: _Locator) -> Component:
     """A losses-axis entry: a loss as for any axis, an expression ``"partial_ce + 0.1 * entropy"``, or a table with
     a ``regularizers`` list."""
     regularizers: list[dict[str, Any]] = []
+    given_kwargs: list[dict[str, Any]] = []  # each regulariser's keyword arguments as written
     label = None
     if isinstance(spec, str) and any(ch in spec for ch in "+*-"):
         terms = [t.strip() for t in spec.split("+")]
@@ -492,6 +595,7 @@ def _loss(spec: Any, where: _Locator) -> Component:
             except ValueError:
                 weight = text
             regularizers.append(_regularizer(match["name"], weight, {}, where, spec))
+            given_kwargs.append({})
         try:
             registry.LOSSES.entry(base)
         except registry.UnknownNameError as err:
@@ -512,12 +616,17 @@ def _loss(spec: Any, where: _Locator) -> Component:
             kwargs = {k: v for k, v in entry.items() if k not in ("name", "weight")}
             regularizers.append(_regularizer(entry.get("name"), entry.get("weight", 1.0), kwargs, where,
                                              "regularizers"))
+            given_kwargs.append(kwargs)
         label = spec.get("label")
     loss = _component(spec, "loss", registry.LOSSES, where, key="axes.losses")
     if not regularizers:
         return loss
     label = str(label) if label is not None else _expression_label(loss.name, regularizers)
-    return Component(loss.name, label, loss.kwargs, tuple(regularizers))
+    written = loss.written + tuple((("regularizers", index, "kwargs", key), value)
+                                   for index, (term, given) in enumerate(zip(regularizers, given_kwargs))
+                                   for key, value in given.items()
+                                   if key not in term["kwargs"] or _number_form(value) != _number_form(term["kwargs"][key]))
+    return Component(loss.name, label, loss.kwargs, tuple(regularizers), loss.files, written)
 
 
 def _fractions(axes: dict, where: _Locator) -> list[float]:
@@ -554,7 +663,13 @@ def _matches(rule: dict, keys: dict) -> bool:
     )
 
 
-def _recipe(spec: Any, where: _Locator) -> dict[str, Any]:
+FLOAT_RECIPE_KEYS = ("lr", "weight_decay", "momentum", "warmup_epochs")
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _recipe(spec: Any, where: _Locator) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checked recipe, with its numbers canonical (``weight_decay = 0`` is 0.0), and the values the grid wrote
+    where they differ from those (:attr:`Cell.aliases`)."""
     if not isinstance(spec, dict):
         raise where.error(f"[recipe] must be a table, not {spec!r}", "recipe", key="recipe")
     where.check_keys(spec, set(RECIPE_DEFAULTS), table="recipe")
@@ -564,8 +679,11 @@ def _recipe(spec: Any, where: _Locator) -> dict[str, Any]:
         if not ok:
             raise where.error(f"[recipe] {key} = {recipe[key]!r}: {what}", key, "recipe")
 
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    def number(value: Any) -> bool:  # and one that float32, which the optimisers compute in, can hold
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= FLOAT32_MAX
+
+    def whole(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
     require(recipe["optimizer"] in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
     require(recipe["schedule"] in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
@@ -573,14 +691,15 @@ def _recipe(spec: Any, where: _Locator) -> dict[str, Any]:
     for key in ("weight_decay", "momentum", "warmup_epochs"):
         require(number(recipe[key]) and recipe[key] >= 0, key, "must be a number >= 0")
     for key in ("epochs", "batch_size"):
-        require(isinstance(recipe[key], int) and not isinstance(recipe[key], bool) and recipe[key] > 0, key,
-                "must be a positive integer")
-    for key in ("eval_batch_size", "num_workers"):
-        value = recipe[key]
-        require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0), key,
-                "must be a non-negative integer")
-    require(isinstance(recipe["augment"], list) and set(recipe["augment"]) <= set(AUGMENTATIONS), "augment",
-            f"must be a list drawn from {', '.join(AUGMENTATIONS)}")
+        require(whole(recipe[key], 1), key, "must be a positive integer")
+    require(recipe["eval_batch_size"] is None or whole(recipe["eval_batch_size"], 1), "eval_batch_size",
+            "must be a positive integer")
+    require(recipe["num_workers"] is None or whole(recipe["num_workers"], 0), "num_workers",
+            "must be a non-negative integer")
+    augment = recipe["augment"]
+    require(isinstance(augment, list) and all(isinstance(a, str) and a in AUGMENTATIONS for a in augment)
+            and len(set(augment)) == len(augment), "augment",
+            f"must be a list drawn from {', '.join(AUGMENTATIONS)}, each once")
     require(isinstance(recipe["amp"], bool), "amp", "must be true or false")
     require(isinstance(recipe["compile"], bool), "compile", "must be true or false")
     require(isinstance(recipe["sync_batchnorm"], bool), "sync_batchnorm", "must be true or false")
@@ -588,4 +707,8 @@ def _recipe(spec: Any, where: _Locator) -> dict[str, Any]:
     weights = recipe["class_weights"]
     require(weights is None or (isinstance(weights, list) and weights and all(number(w) and w > 0 for w in weights)),
             "class_weights", "must be a list of positive numbers")
-    return recipe
+    canonical = {key: float(recipe[key]) for key in FLOAT_RECIPE_KEYS}
+    if weights is not None:
+        canonical["class_weights"] = [float(w) for w in weights]
+    written = {key: recipe[key] for key, value in canonical.items() if _number_form(value) != _number_form(recipe[key])}
+    return {**recipe, **canonical}, written

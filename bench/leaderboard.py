@@ -7,6 +7,7 @@ typed by hand except the reference experiment's published table, shown apart and
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from tabulate import tabulate
 
 from bench.plots import show_names, write_plots
 from bench.store import CellRow
+from registry.files import write_atomically
 
 PLOTS_FOLDER = "plots"
 
@@ -31,6 +33,30 @@ REFERENCE_ROWS = [
 ]
 
 
+def one_line(text: object) -> str:
+    """``text`` on one line: a label or an error holding a line break would end a table row or a list item."""
+    return " ".join(str(text).split())
+
+
+def code(text: object) -> str:
+    """``text`` as Markdown code, fenced with enough backticks for the backticks it holds."""
+    text = one_line(text)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    padding = " " if longest else ""
+    return f"{fence}{padding}{text}{padding}{fence}"
+
+
+def markdown_table(lines: Iterable[Iterable[object]], headers: Iterable[object]) -> str:
+    """A GitHub Markdown table; every cell on one line with its pipes escaped, so that a label holding ``|``
+    cannot shift the columns after it."""
+    def cell(value: object) -> str:
+        return one_line(value).replace("|", "\\|")
+
+    return tabulate([[cell(value) for value in line] for line in lines], headers=[cell(h) for h in headers],
+                    tablefmt="github", disable_numparse=True)
+
+
 def mean_std(values: list[float | None], digits: int = 3) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -40,10 +66,37 @@ def mean_std(values: list[float | None], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def same_numbers_key(config: object) -> str:
+    """A config's JSON with numbers that are equal written alike (``0.0`` as ``0``): cells stored before numbers
+    were made canonical in the grid (bench.grid) group with the cells of the same experiment stored since."""
+    def plain(value: object) -> object:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return json.dumps(plain(config), sort_keys=True)
+
+
+def once_each(rows: list[CellRow]) -> list[CellRow]:
+    """The rows without the repeats of a cell stored twice, under two identities that were one cell all along
+    (``weight_decay = 0`` and ``0.0``, before numbers were made canonical): the first is kept."""
+    seen, kept = set(), []
+    for row in rows:
+        key = (row.grid, same_numbers_key(row.config))
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept
+
+
 def _experiment_key(row: CellRow) -> str:
     """Everything that defines the experiment except the seed."""
     config = {k: v for k, v in row.config.items() if k != "seed"}
-    return json.dumps(config, sort_keys=True)
+    return same_numbers_key(config)
 
 
 def has_test(rows: list[CellRow]) -> bool:
@@ -57,7 +110,7 @@ def _full_label_key(row: CellRow, base_loss: bool = False) -> str:
     config = {k: v for k, v in row.config.items() if k not in ("seed", "masker", "fraction")}
     if base_loss:
         config["loss"] = {"name": config["loss"]["name"], "kwargs": config["loss"]["kwargs"]}
-    return json.dumps(config, sort_keys=True)
+    return same_numbers_key(config)
 
 
 def full_label_shares(group: list[CellRow], rows: list[CellRow]) -> list[float] | None:
@@ -101,7 +154,7 @@ def summary_table(rows: list[CellRow]) -> str | None:
     the table has one. In each row of several entries, the best mean and those tied with it (:func:`tied_with_best`)
     are bold. None for a single annotation, or when the cells also differ in anything else (a recipe, the dataset): an
     entry would then mix experiments."""
-    rest = {json.dumps({k: v for k, v in r.config.items() if k not in SUMMARY_FIXED}, sort_keys=True) for r in rows}
+    rest = {same_numbers_key({k: v for k, v in r.config.items() if k not in SUMMARY_FIXED}) for r in rows}
     if len(rest) > 1:
         return None
     entries: dict[tuple[tuple[str, float], str], list[CellRow]] = defaultdict(list)
@@ -132,7 +185,7 @@ def summary_table(rows: list[CellRow]) -> str | None:
             shares = full_label_shares(group, rows) if group[0].config["masker"]["name"] != "full" else None
             line.append(text + (f" ({100 * statistics.mean(shares):.0f} %)" if shares else ""))
         lines.append(line)
-    return tabulate(lines, headers=["annotation · labelled", *columns], tablefmt="github", disable_numparse=True)
+    return markdown_table(lines, ["annotation · labelled", *columns])
 
 
 def _table(rows: list[CellRow]) -> str:
@@ -179,7 +232,7 @@ def _table(rows: list[CellRow]) -> str:
                *(["test mIoU", "test per-batch mIoU (ref-style)"] if test else []),
                *[f"IoU {name}" for name in class_names],
                "s / epoch", "train img/s", "epochs", "device"]
-    return tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True)
+    return markdown_table(lines, headers)
 
 
 def _test_note(rows: list[CellRow]) -> str:
@@ -199,7 +252,7 @@ def _component_arguments(rows: list[CellRow]) -> list[str]:
             component = row.config[kind]
             if component["kwargs"]:
                 arguments = ", ".join(f"{k}={v}" for k, v in sorted(component["kwargs"].items()))
-                described[f"{component['label']}"] = f"`{component['label']}` = {component['name']}({arguments})"
+                described[component["label"]] = f"{code(component['label'])} = {component['name']}({arguments})"
     return [f"Arguments: {'; '.join(described[k] for k in sorted(described))}.", ""] if described else []
 
 
@@ -207,13 +260,13 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
            plots: dict[tuple[str, str], list[tuple[str, str]]] | None = None) -> str:
     """The leaderboard's Markdown; ``plots`` maps a table's (dataset, grid) to its (alt text, relative path) images,
     linked under the table."""
-    rows = [r for r in rows if r.metrics]
+    rows = once_each([r for r in rows if r.metrics])
     today = datetime.now(UTC).date().isoformat()
     out = [
         "# Leaderboard",
         "",
         (
-            f"Generated by `bench leaderboard` from `{store_path}` on {today}; do not edit by hand. "
+            f"Generated by `bench leaderboard` from {code(store_path)} on {today}; do not edit by hand. "
             "mIoU is dataset-level (one confusion matrix over the whole validation split; classes absent from truth "
             "and prediction left out). *Best* is the best epoch, *final* the last; the IoU columns and pixel accuracy "
             "are final. *Per-batch mIoU* is the reference experiment's way (a mean of per-batch mIoUs), shown for "
@@ -231,10 +284,10 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
         recipe = table_rows[0].config["recipe"]
         dates = sorted(r.provenance["date"][:10] for r in table_rows)
         out += [
-            f"## {dataset} · grid `{grid}`",
+            f"## {one_line(dataset)} · grid {code(grid)}",
             "",
             (
-                f"Dataset `{json.dumps(table_rows[0].config['dataset']['kwargs'], sort_keys=True)}`; "
+                f"Dataset {code(json.dumps(table_rows[0].config['dataset']['kwargs'], sort_keys=True))}; "
                 f"recipe: {recipe['optimizer']} lr {recipe['lr']:g}, weight decay {recipe['weight_decay']:g}, "
                 f"{recipe['schedule']} schedule, batch {recipe['batch_size']}, "
                 f"augment {', '.join(recipe['augment']) or 'none'}"
@@ -262,7 +315,8 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
     failed = list(failed)
     if failed:
         out += ["## Failed cells", "", "Rerun the grid to retry them.", ""]
-        out += [f"- `{r.grid}` {r.label}: {(r.error or '').splitlines()[0]}" for r in failed]
+        out += [f"- {code(r.grid)} {one_line(r.label)}: {one_line((r.error or '').splitlines()[0] if r.error else '')}"
+                for r in failed]
         out.append("")
     out += [
         "## Reference experiment (published figures, not produced by this harness)",
@@ -273,9 +327,8 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
             "UNet++). Comparable only with rows on `landcoverai` and their per-batch column."
         ),
         "",
-        tabulate(REFERENCE_ROWS, headers=["architecture", "labelled", "best mIoU (per-batch)",
-                                          "final mIoU (per-batch)", "final pixel acc."],
-                 tablefmt="github", disable_numparse=True),
+        markdown_table(REFERENCE_ROWS, ["architecture", "labelled", "best mIoU (per-batch)", "final mIoU (per-batch)",
+                                        "final pixel acc."]),
         "",
     ]
     return "\n".join(out)
@@ -291,6 +344,4 @@ def write_leaderboard(rows: Iterable[CellRow], failed: Iterable[CellRow], path: 
     for (dataset, grid), images in links.items():  # bench show's figures, where it has drawn them
         images += [(alt, f"{PLOTS_FOLDER}/{name}") for alt, name in show_names(dataset, grid).items()
                    if (path.parent / PLOTS_FOLDER / name).exists()]
-    temporary = path.with_suffix(".md.tmp")
-    temporary.write_text(render(rows, failed, store_path, links), encoding="utf-8")
-    temporary.replace(path)
+    write_atomically(path, render(rows, failed, store_path, links))

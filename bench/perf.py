@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 import registry
@@ -32,8 +31,10 @@ from bench.data import AugmentedTiles, Normalizer, TrainBatches
 from bench.device_data import DeviceBatches
 from bench.grid import Component
 from bench.provenance import device_name
+from bench.tables import Listing
 from bench.train import LoaderBatches, backward_and_step, build_optimizer, choose_precision, clock, supervised_loss
 from bench.train import peak_memory_mb as peak_memory_mb_of
+from registry.arguments import canonical_arguments
 from registry.errors import UserError
 
 NUM_CLASSES = 5
@@ -229,7 +230,11 @@ def parse_arch_spec(spec: str):
             kwargs[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             kwargs[key.strip()] = text.strip()
-    registry.ARCHS.entry(name)  # an unknown name is answered with the close matches
+    builder = registry.ARCHS.entry(name).builder  # an unknown name is answered with the close matches
+    try:
+        kwargs = canonical_arguments(registry.ARCHS.kind, name, builder, kwargs)
+    except UserError as err:
+        raise UserError(f"--arch {spec}: {err}") from None
     return Component(name, spec, kwargs)
 
 
@@ -251,21 +256,19 @@ def top_level_split(text: str, separator: str = ",") -> list[str]:
     return [*parts, text[start:]]
 
 
-def perf_table(report: dict) -> Table:
-    table = Table(title=f"{report['device']}, {report['config']['size']}x{report['config']['size']}, batch "
-                        f"{report['config']['batch_size']}, peak {report['peak_tflops']:.1f} TFLOP/s "
-                        f"({report['peak_kind']}), {report['date'][:10]}")
+def perf_listing(report: dict) -> Listing:
     columns = ("architecture", "params M", "GFLOP/img", "saved MB/img", "train img/s", "step ms", "data share",
                "TFLOP/s", "MFU", "eval img/s", "loader img/s", "device/loader", "peak MB")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "architecture" else "right")
+    listing = Listing(f"{report['device']}, {report['config']['size']}x{report['config']['size']}, batch "
+                      f"{report['config']['batch_size']}, peak {report['peak_tflops']:.1f} TFLOP/s "
+                      f"({report['peak_kind']}), {report['date'][:10]}", columns, right=frozenset(columns[1:]))
     for r in report["results"]:
         device_path, loader_path = r["device_path"], r["loader_path"]
-        table.add_row(r["arch"], f"{r['params_millions']:.2f}", f"{r['gflop_per_image']:.1f}",
-                      f"{r['saved_mb_per_image']:.0f}", f"{device_path['images_per_second']:.1f}",
-                      f"{1000 * device_path['step_seconds']:.1f}",
-                      f"{100 * device_path['data_share']:.1f} %", f"{r['achieved_tflops']:.2f}",
-                      f"{100 * r['mfu']:.1f} %", f"{r['eval_images_per_second']:.1f}",
-                      f"{loader_path['images_per_second']:.1f}", f"{r['device_over_loader']:.2f}x",
-                      f"{r['peak_memory_mb']:.0f} ({r['peak_memory_kind']})")
-    return table
+        listing.rows.append((r["arch"], f"{r['params_millions']:.2f}", f"{r['gflop_per_image']:.1f}",
+                             f"{r['saved_mb_per_image']:.0f}", f"{device_path['images_per_second']:.1f}",
+                             f"{1000 * device_path['step_seconds']:.1f}",
+                             f"{100 * device_path['data_share']:.1f} %", f"{r['achieved_tflops']:.2f}",
+                             f"{100 * r['mfu']:.1f} %", f"{r['eval_images_per_second']:.1f}",
+                             f"{loader_path['images_per_second']:.1f}", f"{r['device_over_loader']:.2f}x",
+                             f"{r['peak_memory_mb']:.0f} ({r['peak_memory_kind']})"))
+    return listing

@@ -2,12 +2,14 @@
 
 The data each plot shows come from small pure functions (``efficiency_series``, ``full_label_levels``,
 ``curve_series``), tested apart; the drawing functions only draw them. Matplotlib is used through its object API on
-the Agg canvas (no pyplot, no display), and PNGs are written without the software/version metadata, through a
-temporary file and a rename, so that rerunning ``bench leaderboard`` on the same store rewrites identical files.
+the Agg canvas (no pyplot, no display), and PNGs are written without the software/version metadata, atomically, so
+that rerunning ``bench leaderboard`` on the same store rewrites identical files.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import re
 import statistics
@@ -20,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter
 
 from bench.store import CellRow
+from registry.files import write_atomically
 
 FULL = "full"
 SEP = " · "
@@ -134,13 +137,12 @@ def _legend_below(figure: Figure, ax) -> None:
 
 
 def save_png(figure: Figure, path: Path) -> None:
-    """The figure as a PNG without software metadata (identical bytes for identical figures), through a temporary
-    file and a rename."""
+    """The figure as a PNG without software metadata (identical bytes for identical figures), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    figure.savefig(temporary, format="png", metadata={"Software": None}, bbox_inches="tight", pad_inches=0.2)
-    temporary.replace(path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", metadata={"Software": None}, bbox_inches="tight", pad_inches=0.2)
+    write_atomically(path, png.getbuffer())
 
 
 def label_efficiency_plot(rows: Iterable[CellRow], path: Path) -> Figure:
@@ -237,8 +239,13 @@ def _finish(figure: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path
 
 
 def safe_name(text: str) -> str:
-    """A file-name-safe form of a dataset or grid name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "table"
+    """A file-name-safe form of a dataset or grid name, one per name: a name that is not one already (``exp 1``,
+    ``Exp``, which a case-blind disk would take for ``exp``) gets a hash of itself after its safe form, so that it
+    cannot meet another's (``exp_1``)."""
+    if re.fullmatch(r"[a-z0-9_-][a-z0-9._-]*", text):
+        return text
+    safe = re.sub(r"[^a-z0-9._-]+", "_", text.lower()).strip("._") or "table"
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def plot_names(dataset: str, grid: str) -> dict[str, str]:

@@ -8,10 +8,10 @@ from typing import Any, Self
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from bench.grid import Cell, Grid
 from bench.runner import RunEvents
+from bench.tables import Listing
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -77,16 +77,17 @@ class RichEvents(RunEvents):
     def cell_retried(self, cell: Cell, reason: str) -> None:
         self.progress.console.print(f"[yellow]↻[/] {cell.label}: {reason}; retrying", highlight=False)
 
-    def summary_table(self) -> Table:
-        table = Table(title="cells run")
-        for column in ("arch", "loss", "masker", "fraction", "seed", "best mIoU", "final mIoU", "pixel acc.",
-                       "s / epoch", "status"):
-            table.add_column(column)
+    def cell_warning(self, cell: Cell, message: str) -> None:
+        self.progress.console.print(f"[yellow]![/] {cell.label}: {message}", highlight=False, soft_wrap=True)
+
+    def summary(self) -> Listing:
+        listing = Listing("cells run", ("arch", "loss", "masker", "fraction", "seed", "best mIoU", "final mIoU",
+                                        "pixel acc.", "s / epoch", "status"), heading=5)
         for cell, metrics in self.results:
-            names = (cell.arch.label, cell.loss.label, cell.masker.label, f"{cell.fraction:.4g}", str(cell.seed))
+            names = (cell.arch.label, cell.loss.label, cell.masker.label, f"{cell.fraction:.4g}", f"seed {cell.seed}")
             if metrics is None:
-                table.add_row(*names, "–", "–", "–", "–", "[red]failed[/]")
+                listing.rows.append((*names, "–", "–", "–", "–", "[red]failed[/]"))
             else:
-                table.add_row(*names, _fmt(metrics["best_miou"]), _fmt(metrics["final_miou"]),
-                              _fmt(metrics["final_accuracy"]), f"{metrics['epoch_seconds']:.1f}", "done")
-        return table
+                listing.rows.append((*names, _fmt(metrics["best_miou"]), _fmt(metrics["final_miou"]),
+                                     _fmt(metrics["final_accuracy"]), f"{metrics['epoch_seconds']:.1f}", "done"))
+        return listing

@@ -6,7 +6,6 @@ Only this module writes the results store during a run, and only one run may use
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,14 @@ from typing import Any
 import torch
 
 import registry
-from bench.cell_job import CellJob, GridData, JobResult, grid_data
+from bench.cell_job import CellJob, GridData, JobResult, disk_fault, grid_data
 from bench.executors import Executor, SequentialExecutor
-from bench.grid import Cell, Component, Grid
-from bench.store import ResultStore
+from bench.grid import Cell, Component, Grid, builder_failure
+from bench import checkpoints
+from bench.store import ResultStore, StoreError
 from registry.errors import UserError
-from registry.locks import folder_lock
+from registry.files import write_atomically
+from registry.locks import folder_lock, wait_for_writers
 
 STORE_NAME = "results.sqlite"
 
@@ -34,6 +35,7 @@ class RunEvents:
     def cell_done(self, cell: Cell, metrics: dict[str, Any]) -> None: ...
     def cell_failed(self, cell: Cell, error: str) -> None: ...
     def cell_retried(self, cell: Cell, reason: str) -> None: ...
+    def cell_warning(self, cell: Cell, message: str) -> None: ...
 
 
 @dataclass
@@ -53,6 +55,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class RunStopped(UserError):
+    """The run cannot go on (a full or read-only disk): the cells in hand are recorded as interrupted, and the same
+    command resumes them once the cause is fixed."""
+
+    def __init__(self, cause: str):
+        super().__init__(f"{cause}; the finished cells are stored: fix this and run the same command again to resume")
+
+
+STRAY_WRITERS_TIMEOUT = 60.0  # seconds a new run waits for the workers of a killed one to notice and end
+
+
 def exclusive(out_dir: Path):
     """Hold the output folder's lock: two runs writing one store would each believe they own its unfinished cells."""
     return folder_lock(out_dir, f"another bench run is using {out_dir}; wait for it or pass another --out")
@@ -70,8 +83,37 @@ def build_without_weights(arch: Component, num_classes: int, in_chans: int) -> t
         return registry.create_arch(arch.name, num_classes=num_classes, in_chans=in_chans, **arch.build_kwargs)
 
 
+def checked(build, where: str, kind: str, component: Component):
+    """``build()``; what it raises for the grid's arguments becomes a UserError that says ``where`` the component
+    stands (a plugin's builder may raise anything for a bad value)."""
+    try:
+        return build()
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"{where}: {builder_failure(kind, component, err)}") from None
+
+
+def check_grid(grid: Grid) -> GridData:
+    """The grid's dataset, built, and every check of :func:`check_cells` passed: what a run and a dry run both do
+    before anything is trained or stored."""
+    try:
+        data = grid_data(grid)
+    except UserError as err:
+        raise UserError(f"{grid.dataset_place(str(err))}: {err}") from None
+    except Exception as err:  # noqa: BLE001  (a plugin's builder may raise anything for a bad value)
+        message = builder_failure("dataset", grid.dataset, err)
+        raise UserError(f"{grid.dataset_place(str(err))}: {message}") from None
+    check_cells(grid, data)
+    return data
+
+
 def check_cells(grid: Grid, data: GridData) -> None:
     """Everything that can be wrong with a grid before any training: raises :class:`UserError` naming the problem."""
+    for split, purpose in (("train", "train on"), ("val", "be evaluated on")):
+        if len(data.dataset.split(split)[0]) == 0:
+            message = f"dataset {grid.dataset.name!r} has no {split} tiles: a cell needs tiles to {purpose}"
+            raise UserError(f"{grid.dataset_place(f'{split}_size')}: {message}")
     height, width, channels = data.tile_shape()
     num_classes = data.dataset.num_classes
     recipe = grid.cells[0].recipe
@@ -80,19 +122,20 @@ def check_cells(grid: Grid, data: GridData) -> None:
         raise UserError(f"{grid.path}: [recipe] class_weights has {len(weights)} values; dataset "
                         f"{grid.dataset.name!r} has {num_classes} classes ({', '.join(data.dataset.class_names)})")
     for arch in {cell.arch.label: cell.arch for cell in grid.cells}.values():
-        model = build_without_weights(arch, num_classes, channels)
+        where = grid.place("archs", arch.label)
+        model = checked(lambda: build_without_weights(arch, num_classes, channels), where, "architecture", arch)
         if height % model.size_divisor or width % model.size_divisor:
-            raise UserError(f"{grid.path}: architecture {arch.label!r} needs tile sides divisible by "
+            raise UserError(f"{where}: architecture {arch.label!r} needs tile sides divisible by "
                             f"{model.size_divisor}, but {grid.dataset.name!r} tiles are {height}x{width}")
     for loss in {cell.loss.label: cell.loss for cell in grid.cells}.values():
-        registry.create_loss(loss.name, **loss.kwargs, weight=weights)
+        checked(lambda: registry.create_loss(loss.name, **loss.kwargs, weight=weights), grid.place("losses", loss.label),
+                "loss", loss)
     for masker, fraction in {(c.masker.label, c.fraction): (c.masker, c.fraction) for c in grid.cells}.values():
-        check = getattr(registry.create_masker(masker.name, **masker.kwargs), "check", None)
+        where = grid.place("maskers", masker.label)
+        built = checked(lambda: registry.create_masker(masker.name, **masker.kwargs), where, "masker", masker)
+        check = getattr(built, "check", None)
         if check is not None:  # optional: refuses parameters or a fraction a tile of this size cannot honour
-            try:
-                check(height, width, fraction)
-            except UserError as err:
-                raise UserError(f"{grid.path}: {err}") from None
+            checked(lambda: check(height, width, fraction), where, "masker", masker)
 
 
 def run_grid(grid: Grid, out_dir: Path, device: torch.device, events: RunEvents | None = None,
@@ -103,28 +146,31 @@ def run_grid(grid: Grid, out_dir: Path, device: torch.device, events: RunEvents 
     executor = executor or SequentialExecutor(device)
     summary = RunSummary()
     with exclusive(out_dir):
-        data = grid_data(grid)
-        check_cells(grid, data)
-        store = ResultStore(out_dir / STORE_NAME)
-        try:
+        data = check_grid(grid)
+        with ResultStore(out_dir / STORE_NAME) as store:
+            checkpoint_root = (out_dir / "checkpoints").resolve()
+            wait_for_writers(checkpoint_root, STRAY_WRITERS_TIMEOUT,
+                             f"waiting for the workers of an earlier run to stop writing in {checkpoint_root}")
             todo = []
             for cell in grid.cells:
-                row = store.get(cell.cell_id)
+                row = store.find(cell)
                 if row is not None and row.status == "done":
                     summary.skipped.append(cell.cell_id)
+                    # a run killed between storing the cell and removing its resume state left it behind
+                    checkpoints.remove_resume_state(checkpoint_root / row.cell_id)
                 else:
                     todo.append(cell)
             events.grid_started(grid, todo, len(summary.skipped))
-            checkpoint_root = (out_dir / "checkpoints").resolve()
             jobs = [CellJob(grid, cell.cell_id, checkpoint_root, executor.plugins) for cell in todo]
             recorder = Recorder(grid, store, checkpoint_root, list(data.dataset.class_names), events, summary)
             try:
                 executor.run(jobs, recorder)
-            except KeyboardInterrupt:
+            except BaseException as err:  # Ctrl-C, a full disk: the cells in hand are unfinished, not failed
                 recorder.interrupt_running()
+                fault = disk_fault(err)  # met by this process itself, writing a worker's best.pt
+                if fault is not None:
+                    raise RunStopped(fault) from None
                 raise
-        finally:
-            store.close()
     return summary
 
 
@@ -135,6 +181,7 @@ class Recorder:
     def __init__(self, grid: Grid, store: ResultStore, checkpoint_root: Path, class_names: list[str],
                  events: RunEvents, summary: RunSummary):
         self.cells = {cell.cell_id: cell for cell in grid.cells}
+        self.grid_file = str(grid.path.resolve())
         self.store, self.checkpoint_root, self.class_names = store, checkpoint_root, class_names
         self.events, self.summary = events, summary
         self.running: set[str] = set()
@@ -143,8 +190,10 @@ class Recorder:
         cell = self.cells[cell_id]
         if kind == "started":
             previous = self.store.get(cell_id)
-            resumable = previous is not None and (self.checkpoint_root / cell_id / "last.pt").exists()
-            origin = {**payload["provenance"], "where": payload["where"]}
+            resumable = previous is not None and any((self.checkpoint_root / cell_id / name).exists()
+                                                     for name in checkpoints.RESUME_FILES)
+            # the grid's file: two grid files of one name (exp.toml in two folders) are told apart by it
+            origin = {**payload["provenance"], "where": payload["where"], "grid_file": self.grid_file}
             self.store.start(cell_id, cell.grid, cell.dataset.name, cell.label, cell.config, origin)
             self.running.add(cell_id)
             self.events.cell_started(cell, len(previous.history) if resumable else 0, payload["where"])
@@ -153,6 +202,8 @@ class Recorder:
             self.events.epoch_done(cell, payload["history"][-1])
         elif kind == "step":
             self.events.step(cell, payload["step"], payload["total"])
+        elif kind == "warning":
+            self.events.cell_warning(cell, payload["message"])
 
     def retry(self, cell_id: str, reason: str) -> None:
         """A job's worker died: the cell goes back to the queue (its row says why until it starts again)."""
@@ -162,6 +213,8 @@ class Recorder:
 
     def finish(self, result: JobResult) -> None:
         cell = self.cells[result.cell_id]
+        if result.fatal:  # not the cell's fault: it stays unfinished, and the run stops
+            raise RunStopped(result.error)
         self.running.discard(result.cell_id)
         if result.error is not None:
             if self.store.get(result.cell_id) is None:  # lost before it could report its start
@@ -170,18 +223,23 @@ class Recorder:
             self.summary.failed.append(result.cell_id)
             self.events.cell_failed(cell, result.error)
             return
+        folder = self.checkpoint_root / result.cell_id
         if result.best_checkpoint is not None:  # the worker had no disk in common with this process
-            folder = self.checkpoint_root / result.cell_id
             folder.mkdir(parents=True, exist_ok=True)
-            temporary = folder / "best.pt.tmp"
-            temporary.write_bytes(result.best_checkpoint)
-            os.replace(temporary, folder / "best.pt")
+            write_atomically(folder / checkpoints.BEST, result.best_checkpoint)
         metrics = {**result.metrics, "class_names": self.class_names}
         self.store.finish(result.cell_id, result.history, metrics)
+        # Only now: until the result is stored, the resume state is what holds the finished work.
+        checkpoints.remove_resume_state(folder)
         self.summary.done.append(result.cell_id)
         self.events.cell_done(cell, metrics)
 
     def interrupt_running(self) -> None:
+        """Mark the cells in hand interrupted, as far as the store can still be written (on a full disk a row may
+        stay 'running': a rerun resumes it just the same)."""
         for cell_id in self.running:
-            self.store.interrupt(cell_id)
+            try:
+                self.store.interrupt(cell_id)
+            except StoreError:
+                pass
         self.running.clear()

@@ -26,6 +26,7 @@ from matplotlib.patches import Patch
 
 import registry
 from bench.cell_job import GridData, grid_data
+from bench.checkpoints import BEST, DamagedCheckpoint, check, read
 from bench.data import Normalizer, partial_masks
 from bench.grid import Cell, Grid
 from bench.plots import save_png, show_names
@@ -130,7 +131,7 @@ def annotations_figure(grid: Grid, data: GridData, tiles: int) -> Figure:
 
 def best_cells(grid: Grid, rows: Sequence[CellRow]) -> list[CellRow]:
     """The best finished cell of each annotation of the grid (full labels included, last), by best validation mIoU."""
-    current = {cell.cell_id: cell for cell in grid.cells}
+    current = grid.cells_by_id()
     best: dict[tuple[str, float], CellRow] = {}
     for row in rows:
         cell = current.get(row.cell_id)
@@ -151,7 +152,7 @@ def predict(cell: Cell, checkpoint: Path, images: np.ndarray, data: GridData, de
     """The cell's best.pt applied to uint8 tiles ``[N, H, W, C]``: class indices ``[N, H, W]``."""
     model = registry.create_arch(cell.arch.name, num_classes=data.dataset.num_classes, in_chans=images.shape[-1],
                                  **cell.arch.build_kwargs)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    model.load_state_dict(read(checkpoint)["model"])
     model = model.to(device, memory_format=torch.channels_last).eval()
     normalize = Normalizer(data.dataset.mean, data.dataset.std, device)
     batch = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
@@ -166,8 +167,8 @@ def predictions_figure(grid: Grid, data: GridData, shown: Sequence[CellRow], che
     chosen = tiles_to_show(truth, tiles)
     names = list(data.dataset.class_names)
     colours = class_colours(names)
-    current = {cell.cell_id: cell for cell in grid.cells}
-    predicted = [predict(current[row.cell_id], checkpoints / row.cell_id / "best.pt", images[chosen], data, device)
+    current = grid.cells_by_id()
+    predicted = [predict(current[row.cell_id], checkpoints / row.cell_id / BEST, images[chosen], data, device)
                  for row in shown]
     figure, axes = _grid_of_axes(len(chosen), 2 + len(shown), legend=True)
     for row_index, index in enumerate(chosen):
@@ -188,6 +189,15 @@ def predictions_figure(grid: Grid, data: GridData, shown: Sequence[CellRow], che
     return figure
 
 
+def whole(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint that can be read (it exists, and passes its checksums)."""
+    try:
+        check(path)
+    except (DamagedCheckpoint, FileNotFoundError):
+        return False
+    return True
+
+
 def write_figures(grid: Grid, rows: Sequence[CellRow], checkpoints: Path, folder: Path, tiles: int,
                   device: torch.device) -> tuple[list[Path], list[str]]:
     """Both figures into ``folder``, the predictions only when a cell of the grid has finished; returns the files
@@ -198,7 +208,7 @@ def write_figures(grid: Grid, rows: Sequence[CellRow], checkpoints: Path, folder
     written = [Path(folder) / names["annotations"]]
     save_png(annotations_figure(grid, data, tiles), written[0])
     finished = best_cells(grid, rows)
-    shown = best_cells(grid, [row for row in rows if (checkpoints / row.cell_id / "best.pt").exists()])
+    shown = best_cells(grid, [row for row in rows if whole(checkpoints / row.cell_id / BEST)])
     if finished:
         written.append(Path(folder) / names["predictions"])
         save_png(predictions_figure(grid, data, shown, checkpoints, tiles, device), written[1])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import registry
-from bench import distributed
+from bench import checkpoints, distributed
 from bench.data import AugmentedTiles, Normalizer, TrainBatches, eval_batches
 from bench.device_data import DeviceBatches, fits_on_device, upload
 from bench.grid import Cell
@@ -177,13 +177,6 @@ def evaluate(model, images: np.ndarray, masks: np.ndarray, num_classes: int, nor
             "per_batch_miou": per_batch.value(), "confusion_matrix": cm.cpu().tolist()}
 
 
-def save_atomically(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file, then rename: a kill mid-write leaves the previous checkpoint intact."""
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA allocated"
@@ -192,11 +185,15 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir: Path,
                on_epoch: Callable[[list[dict[str, Any]]], None] = lambda history: None,
-               on_step: Callable[[int, int], None] = lambda step, total: None) -> tuple[list[dict], dict]:
+               on_step: Callable[[int, int], None] = lambda step, total: None,
+               on_warning: Callable[[str], None] = lambda message: None) -> tuple[list[dict], dict]:
     """Train ``cell`` and evaluate it after every epoch; returns the per-epoch history and the cell's metrics.
 
-    Resumes from ``checkpoint_dir/last.pt`` when a previous attempt left one; ``on_epoch`` gets the history after
-    every epoch (to store it), ``on_step`` the step and step count (to show progress).
+    Resumes from the resume state a previous attempt left in ``checkpoint_dir`` (:mod:`bench.checkpoints`; a
+    damaged one is set aside and reported through ``on_warning``); ``on_epoch`` gets the history after every epoch
+    (to store it), ``on_step`` the step and step count (to show progress). The resume state is left in place: the
+    driver removes it once the result is stored, so that no instant exists where neither holds the finished work.
+    ``best.pt`` is written before returning.
 
     Over several processes every rank calls this with the same cell and data; only rank 0 calls the callbacks."""
     recipe = cell.recipe
@@ -231,19 +228,23 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     eval_batch_size = recipe["eval_batch_size"] or 2 * recipe["batch_size"]
     total_steps = max(1, recipe["epochs"] * len(batches))
 
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        if state["cell_id"] == cell.cell_id:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            if precision.scaler is not None and state.get("scaler"):
-                precision.scaler.load_state_dict(state["scaler"])
-            history, start_epoch = state["history"], state["epoch"]
+    best: dict[str, Any] | None = None  # the best epoch so far: {"epoch", "miou", "model"} (weights on the CPU)
+    # Rank 0 first: it sets a damaged file aside (and says so) before the other ranks look.
+    if rank == 0:
+        state = checkpoints.load_resume_state(checkpoint_dir, cell.cell_id, device, on_warning)
+    distributed.barrier()
+    if rank != 0:
+        state = checkpoints.load_resume_state(checkpoint_dir, cell.cell_id, device, lambda message: None)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if precision.scaler is not None and state.get("scaler"):
+            precision.scaler.load_state_dict(state["scaler"])
+        history, start_epoch, best = state["history"], state["epoch"], state["best"]
+        best["model"] = {name: tensor.cpu() for name, tensor in best["model"].items()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -290,28 +291,30 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         if regularizers:  # the mean unweighted value of each regulariser over the epoch
             history[-1]["regularizers"] = {name: float(value) / len(batches)
                                            for (name, _, _), value in zip(regularizers, reg_sums.cpu())}
-        if rank == 0:  # the other ranks read best.pt for the test split, and last.pt to resume: after the barrier
-            if result["miou"] >= max((h["miou"] for h in history), default=-1.0):
-                save_atomically({"cell_id": cell.cell_id, "config": cell.config, "epoch": epoch + 1,
-                                 "miou": result["miou"], "model": model.state_dict()}, best_path)
-            save_atomically({"cell_id": cell.cell_id, "epoch": epoch + 1, "history": history,
-                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "schedule": schedule.state_dict(),
-                             "scaler": precision.scaler.state_dict() if precision.scaler is not None else None},
-                            last_path)
+        if best is None or result["miou"] >= best["miou"]:  # every rank keeps it: the same weights everywhere
+            best = {"epoch": epoch + 1, "miou": result["miou"],
+                    "model": {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}}
+        if rank == 0:  # the other ranks read last.pt to resume: after the barrier
+            checkpoints.save_resume_state(
+                {"cell_id": cell.cell_id, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "scaler": precision.scaler.state_dict() if precision.scaler is not None else None, "best": best},
+                checkpoint_dir)
             on_epoch(history)
         distributed.barrier()
 
-    metrics = summarize(history, data, len(batches) * recipe["batch_size"], precision.name)
+    # the images an epoch trains on: fewer than its steps' batches hold when the split is smaller than one batch
+    images_per_epoch = min(len(data.train_images), len(batches) * recipe["batch_size"])
+    metrics = summarize(history, data, images_per_epoch, precision.name)
     metrics.update(data_path=data_path, compiled=recipe["compile"], first_step_seconds=first_step_seconds)
-    if data.has_test:
-        # Before last.pt goes: a run stopped here resumes with the test evaluation, without training again.
+    if rank == 0:
+        checkpoints.write({"cell_id": cell.cell_id, "config": cell.config, "epoch": best["epoch"],
+                           "miou": best["miou"], "model": best["model"]}, checkpoint_dir / checkpoints.BEST)
+    if data.has_test:  # a run stopped here resumes with the test evaluation, without training again
         test_images, test_masks = eval_tiles(data.test_images, data.test_masks, data_path, device)
-        metrics.update(evaluate_best_on_test(model, evaluated, best_path, (test_images, test_masks),
+        metrics.update(evaluate_best_on_test(model, evaluated, best, (test_images, test_masks),
                                              data.num_classes, normalize, eval_batch_size, precision))
     metrics["peak_memory_mb"], metrics["peak_memory_kind"] = peak_memory_mb(device)
-    if rank == 0:
-        last_path.unlink(missing_ok=True)  # the optimizer state is only needed to resume; best.pt stays
     return history, metrics
 
 
@@ -324,15 +327,15 @@ def check_shares(batch_size: int, train_tiles: int, world_size: int) -> None:
         raise UserError(f"{train_tiles} training tiles cannot be shared by {world_size} processes")
 
 
-def evaluate_best_on_test(model, forward, best_path: Path, test: tuple, num_classes: int, normalize: Normalizer,
-                          batch_size: int, precision: Precision) -> dict[str, Any]:
-    """Evaluate the weights of the best validation epoch (``best.pt``) once on the test split; ``forward`` is the
-    model as it runs (compiled or not), sharing ``model``'s weights."""
-    state = torch.load(best_path, map_location=normalize.device, weights_only=False)
-    model.load_state_dict(state["model"])
+def evaluate_best_on_test(model, forward, best: dict[str, Any], test: tuple, num_classes: int,
+                          normalize: Normalizer, batch_size: int, precision: Precision) -> dict[str, Any]:
+    """Evaluate the weights of the best validation epoch (``best``: its ``epoch`` and ``model`` state, what
+    ``best.pt`` holds) once on the test split; ``forward`` is the model as it runs (compiled or not), sharing
+    ``model``'s weights."""
+    model.load_state_dict(best["model"])
     images, masks = test
     result = evaluate(forward, images, masks, num_classes, normalize, batch_size, precision)
-    return {**{f"test_{key}": value for key, value in result.items()}, "test_epoch": state["epoch"],
+    return {**{f"test_{key}": value for key, value in result.items()}, "test_epoch": best["epoch"],
             "test_tiles": len(images)}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-import bench.train
+import bench.checkpoints
 from bench import distributed
 from bench.data import Normalizer
 from bench.grid import load_grid
@@ -95,13 +95,13 @@ def main(out_dir: Path, train_grid: str, consistency_grid: str, odd_grid: str) -
     report: dict = {"rank": rank, "world": world_size, "is_main": distributed.is_main()}
 
     saved, epochs, steps = [], [], []
-    original_save = bench.train.save_atomically
+    original_write = bench.checkpoints.write
 
-    def save(state, path):
+    def write(state, path):
         saved.append(Path(path).name)
-        original_save(state, path)
+        original_write(state, path)
 
-    bench.train.save_atomically = save
+    bench.checkpoints.write = write
     grid = load_grid(train_grid)
     cell = grid.cells[0]
     history, metrics = train_cell(cell, GridData(grid).for_cell(cell), CPU, out_dir / "ckpt",

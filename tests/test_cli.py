@@ -45,7 +45,8 @@ def test_smoke_grid_runs_and_writes_store_and_leaderboard(smoke_run):
     assert result.returncode == 0, result.stderr
     rows = done_rows(work / "runs" / "results.sqlite")
     assert len(rows) == len(SMOKE.cells) and {r[1] for r in rows} == {"done"}
-    board = (work / "leaderboard.md").read_text()
+    board = (work / "runs" / "leaderboard.md").read_text()  # beside its store: the published one is not touched
+    assert not (work / "leaderboard.md").exists()
     assert "## synthetic · grid `smoke`" in board
     for cell in SMOKE.cells:
         assert f"| {cell.arch.label} " in board
@@ -54,7 +55,7 @@ def test_smoke_grid_runs_and_writes_store_and_leaderboard(smoke_run):
         assert (work / "runs" / "checkpoints" / cell.cell_id / "best.pt").exists()
         assert not (work / "runs" / "checkpoints" / cell.cell_id / "last.pt").exists()
     for figure in ("label-efficiency", "curves", "annotations", "predictions"):  # drawn by this run, and linked
-        assert (work / "plots" / f"synthetic-smoke-{figure}.png").exists()
+        assert (work / "runs" / "plots" / f"synthetic-smoke-{figure}.png").exists()
         assert f"(plots/synthetic-smoke-{figure}.png)" in board
 
 
@@ -280,7 +281,7 @@ def test_plugin_registers_an_architecture_used_by_a_grid(tmp_path):
     grid.write_text(GRID.replace('{ name = "unet", base_channels = 4, depth = 3 }', '"pixel_linear"'))
     result = run_bench("run", "--grid", str(grid), "--plugin", "tiny_plugin", "--out", "runs", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "| pixel_linear " in (tmp_path / "leaderboard.md").read_text()
+    assert "| pixel_linear " in (tmp_path / "runs" / "leaderboard.md").read_text()
 
 
 def test_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
@@ -301,7 +302,7 @@ def test_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
         error = db.execute("SELECT error FROM cells WHERE status = 'failed'").fetchone()[0]
     assert sorted(rows.values()) == ["done", "failed"]
     assert "TrainingDiverged: training loss became nan in epoch 1" in error
-    assert "Failed cells" in (tmp_path / "leaderboard.md").read_text()
+    assert "Failed cells" in (tmp_path / "runs" / "leaderboard.md").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")

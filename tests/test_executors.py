@@ -309,4 +309,4 @@ def test_bench_run_on_a_local_ray_cluster_from_the_command_line(tmp_path):
     rows = stored(tmp_path / "runs")
     assert len(rows) == 2 and all(row.status == "done" and row.attempts == 1 for row in rows.values())
     assert all(row.provenance["where"].endswith(" cpu") for row in rows.values())
-    assert (tmp_path / "leaderboard.md").exists()
+    assert (tmp_path / "runs" / "leaderboard.md").exists()

@@ -113,5 +113,5 @@ def test_without_a_store_is_one_line(tmp_path, capsys):
 
 def test_an_output_that_cannot_be_written_is_one_line(store_folder, capsys, tmp_path):
     code, _, err = export(capsys, "--out", str(store_folder), "--output", str(tmp_path))  # a folder
-    assert code == 2 and err.strip().startswith(f"error: cannot write {tmp_path}")
+    assert code == 2 and err.strip() == f"error: --output: {tmp_path} is a folder, not a file"
     assert len(err.strip().splitlines()) == 1

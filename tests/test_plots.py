@@ -181,7 +181,7 @@ def test_write_leaderboard_writes_and_links_the_plots_of_each_table(tmp_path):
     section = section[:section.index("\n## ")]
     names = plot_names("land cover", "b/c d")
     assert f"](plots/{names['label efficiency']})" in section and f"](plots/{names['training curves']})" in section
-    assert names["label efficiency"] == "land_cover-b_c_d-label-efficiency.png"
+    assert re.fullmatch(r"land_cover-\w{8}-b_c_d-\w{8}-label-efficiency\.png", names["label efficiency"])
 
 
 def test_rewriting_gives_identical_files(tmp_path):
@@ -193,7 +193,11 @@ def test_rewriting_gives_identical_files(tmp_path):
     assert b"matplotlib" not in b"".join(before.values())  # no software/version metadata
 
 
-def test_safe_name():
-    assert safe_name("landcoverai") == "landcoverai"
-    assert safe_name("../a b/c") == "a_b_c"
-    assert safe_name("..") == "table"
+def test_safe_name_keeps_safe_names_and_never_gives_two_names_one_file():
+    for name in ("landcoverai", "label-efficiency", "default", "exp_1", "v1.2"):
+        assert safe_name(name) == name
+    assert safe_name("../a b/c").startswith("a_b_c-") and safe_name("..").startswith("table-")
+    names = ["exp 1", "exp_1", "exp/1", "Exp_1", "EXP 1", "exp  1", "..", ".", "", "a+b", "a_b", "é", "e"]
+    assert len({safe_name(name) for name in names}) == len(names)
+    assert len({safe_name(name).lower() for name in names}) == len(names)  # also on a disk blind to case
+    assert all(re.fullmatch(r"[a-z0-9_-][a-z0-9._-]*", safe_name(name)) for name in names)

@@ -99,14 +99,14 @@ def test_best_validation_weights_are_scored_on_the_test_split(tmp_path):
     assert sum(map(sum, metrics["confusion_matrix"])) == data.dataset.split("val")[1].size
 
 
-def test_the_test_pass_uses_best_pt_not_the_weights_in_hand(tmp_path):
-    """best.pt holds a model that predicts class 3 everywhere; the model passed in predicts otherwise."""
+def test_the_test_pass_uses_the_best_epoch_s_weights_not_the_weights_in_hand():
+    """The best epoch's weights (what best.pt holds) predict class 3 everywhere; the model passed in predicts
+    otherwise."""
     num_classes = 5
     best = torch.nn.Conv2d(3, num_classes, 1)
     with torch.no_grad():
         best.weight.zero_()
         best.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0]))
-    torch.save({"epoch": 7, "model": best.state_dict()}, tmp_path / "best.pt")
     in_hand = torch.nn.Conv2d(3, num_classes, 1)
     with torch.no_grad():
         in_hand.weight.zero_()
@@ -117,7 +117,8 @@ def test_the_test_pass_uses_best_pt_not_the_weights_in_hand(tmp_path):
     data = CellData(images, masks.astype(np.int8), images, masks, num_classes, (0.5,) * 3, (0.25,) * 3,
                     test_images=images, test_masks=masks)
     precision = Precision(lambda: torch.autocast("cpu", enabled=False), None, "float32")
-    result = evaluate_best_on_test(in_hand, in_hand, tmp_path / "best.pt", (data.test_images, data.test_masks),
+    result = evaluate_best_on_test(in_hand, in_hand, {"epoch": 7, "model": best.state_dict()},
+                                   (data.test_images, data.test_masks),
                                    num_classes, Normalizer((0.5,) * 3, (0.25,) * 3, CPU), 2, precision)
     cm = np.array(result["test_confusion_matrix"])
     assert cm[:, 3].sum() == masks.size and cm.sum() == masks.size  # everything predicted as class 3

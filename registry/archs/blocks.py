@@ -58,10 +58,12 @@ class Upsample2x(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
-def check_depth(arch: str, depth: int) -> None:
-    """A U-Net needs at least one down-sampling, so two levels."""
+def check_levels(arch: str, base_channels: int, depth: int) -> None:
+    """A U-Net needs at least one down-sampling, so two levels, and at least one channel at its widest level."""
     if depth < 2:
         raise UserError(f"{arch}: depth must be at least 2, not {depth}")
+    if base_channels < 1:
+        raise UserError(f"{arch}: base_channels must be a positive integer, not {base_channels}")
 
 
 def check_input_size(arch: str, depth: int, size_divisor: int, x: torch.Tensor) -> None:

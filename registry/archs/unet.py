@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from registry import register_arch
-from registry.archs.blocks import DoubleConv, Down, Upsample2x, check_depth, check_input_size
+from registry.archs.blocks import DoubleConv, Down, Upsample2x, check_input_size, check_levels
 from registry.errors import UserError
 
 UPSAMPLINGS = ("bilinear", "transpose")
@@ -46,7 +46,7 @@ class UNet(nn.Module):
     def __init__(self, num_classes: int, in_chans: int = 3, base_channels: int = 64, depth: int = 5,
                  upsampling: str = "bilinear"):
         super().__init__()
-        check_depth("unet", depth)
+        check_levels("unet", base_channels, depth)
         if upsampling not in UPSAMPLINGS:
             raise UserError(f"unet: upsampling must be one of {UPSAMPLINGS}, not {upsampling!r}")
         self.depth = depth

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from registry import register_arch
-from registry.archs.blocks import DoubleConv, Down, Upsample2x, check_depth, check_input_size
+from registry.archs.blocks import DoubleConv, Down, Upsample2x, check_input_size, check_levels
 
 
 class UNetPlusPlus(nn.Module):
@@ -28,7 +28,7 @@ class UNetPlusPlus(nn.Module):
     def __init__(self, num_classes: int, in_chans: int = 3, base_channels: int = 64, depth: int = 5,
                  deep_supervision: bool = False):
         super().__init__()
-        check_depth("unetplusplus", depth)
+        check_levels("unetplusplus", base_channels, depth)
         self.depth = depth
         self.size_divisor = 2 ** (depth - 1)
         self.deep_supervision = deep_supervision

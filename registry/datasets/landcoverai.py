@@ -253,8 +253,9 @@ def cache_folder(root: Path, layout: str, size: int, cache_dir: str | Path | Non
 
 
 def prepare(root: str | Path | None = None, size: int = 384, layout: str = "auto",
-            cache_dir: str | Path | None = None, progress: Progress | None = None) -> TileCache:
-    """Prepare (or resume preparing, or just open) the cache of the copy at ``root`` at tile side ``size``."""
+            cache_dir: str | Path | None = None, progress: Progress | None = None, verify: bool = False) -> TileCache:
+    """Prepare (or resume preparing, or just open) the cache of the copy at ``root`` at tile side ``size``; with
+    ``verify``, every file of a complete cache is checked against its SHA-256 (``bench prepare`` does)."""
     root = _check_arguments(root, size, layout)
     ids = read_split_ids(root)
     layout = detect_layout(root) if layout == "auto" else layout
@@ -263,7 +264,7 @@ def prepare(root: str | Path | None = None, size: int = 384, layout: str = "auto
     plan = CachePlan(ids, size, 3, {"dataset": "landcoverai", "layout": layout, "resize": resize})
     folder = cache_folder(root, layout, size, cache_dir)
     fingerprints = {unit.key: file_fingerprint(*unit.files) for unit in units}
-    cache = TileCache.open_complete(folder, plan, fingerprints)
+    cache = TileCache.open_complete(folder, plan, fingerprints, verify)
     if cache is not None:
         return cache
 

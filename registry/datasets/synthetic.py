@@ -413,6 +413,6 @@ def synthetic(tile_size: int = 128, train_size: int = 512, val_size: int = 128, 
     _require_int("tile_size", tile_size, MIN_TILE_SIZE)
     _require_int("seed", seed, 0)
     sizes = {"train": train_size, "val": val_size, "test": test_size}
-    for split, count in sizes.items():
-        _require_int(f"{split}_size", count, 0)
+    for split, count in sizes.items():  # a cell trains on the train split and is evaluated on val; test is optional
+        _require_int(f"{split}_size", count, 0 if split == "test" else 1)
     return SyntheticScenes(int(tile_size), {split: int(count) for split, count in sizes.items()}, int(seed))

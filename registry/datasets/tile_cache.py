@@ -7,6 +7,10 @@ one unit's worth however large the cache). After each unit the data are synced a
 ``progress.json``; ``manifest.json``, written last and atomically, is what marks the cache complete. So an interrupted
 or failed preparation leaves no cache that claims to be complete, and the next run redoes only the units that are
 missing or whose source files changed since.
+
+The manifest records each array file's size, modification time and SHA-256. Opening a cache checks the sizes (a file
+cut short), and the SHA-256 of any file modified since it was written (or of every file, with ``verify``): a damaged
+cache is reported, its damaged files are removed, and it is prepared again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -22,9 +27,10 @@ from typing import Any, Self
 import numpy as np
 
 from registry.errors import UserError
+from registry.files import write_atomically
 from registry.locks import folder_lock
 
-FORMAT = 1  # bump when the files' layout changes: an older cache is then rebuilt, never misread
+FORMAT = 2  # bump when the files' layout changes: an older cache is then rebuilt, never misread
 MANIFEST, PROGRESS = "manifest.json", "progress.json"
 
 
@@ -59,12 +65,7 @@ def file_fingerprint(*paths: Path) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(data))
 
 
 def _read_json(path: Path) -> Any:
@@ -76,6 +77,30 @@ def _read_json(path: Path) -> Any:
 
 def _array_path(folder: Path, split: str, kind: str) -> Path:
     return folder / f"{split}-{kind}.npy"
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _record(path: Path) -> dict[str, Any]:
+    """What the manifest keeps of an array file to know it again: size, modification time, SHA-256."""
+    stat = path.stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(path)}
+
+
+def _array_problem(path: Path, recorded: dict[str, Any], verify: bool) -> str | None:
+    """How the array file at ``path`` differs from its manifest record, or None when it does not."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    if stat.st_size != recorded["bytes"]:
+        return f"{path.name} has {stat.st_size} bytes, {recorded['bytes']} were written"
+    if (verify or stat.st_mtime_ns != recorded["mtime_ns"]) and _sha256(path) != recorded["sha256"]:
+        return f"{path.name} has changed since it was written (its SHA-256 differs)"
+    return None
 
 
 class TileCacheWriter:
@@ -108,8 +133,11 @@ class TileCacheWriter:
         self._files.clear()
         self._lock.__exit__(*exc)
 
+    def _array_paths(self) -> list[Path]:
+        return [_array_path(self.folder, s, k) for s in self.plan.ids for k in ("images", "masks")]
+
     def _arrays_exist(self) -> bool:
-        return all(_array_path(self.folder, s, k).exists() for s in self.plan.ids for k in ("images", "masks"))
+        return all(path.exists() for path in self._array_paths())
 
     def _start_over(self) -> None:
         for path in (self.folder / MANIFEST, self.folder / PROGRESS, *self.folder.glob("*.npy")):
@@ -171,9 +199,12 @@ class TileCacheWriter:
             del self.units[key]
         if stale:
             _write_json(self.folder / PROGRESS, {"plan": self.plan.key, "units": self.units})
+        for fd, _ in self._files.values():
+            os.fsync(fd)
+        arrays = {path.name: _record(path) for path in self._array_paths()}
         manifest = {"format": FORMAT, "plan": self.plan.key, "ids": self.plan.ids, "tile_size": self.plan.tile_size,
                     "in_chans": self.plan.in_chans, "source": self.plan.source,
-                    "fingerprints": {key: self.units[key]["fingerprint"] for key in unit_keys},
+                    "fingerprints": {key: self.units[key]["fingerprint"] for key in unit_keys}, "arrays": arrays,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
         _write_json(self.folder / MANIFEST, manifest)
         return TileCache(self.folder, manifest)
@@ -187,14 +218,27 @@ class TileCache:
         self.manifest = manifest
 
     @classmethod
-    def open_complete(cls, folder: Path, plan: CachePlan, fingerprints: dict[str, str]) -> TileCache | None:
-        """The cache in ``folder`` if it is complete, for ``plan``, and built from sources with these fingerprints;
-        otherwise None (it must be prepared)."""
-        manifest = _read_json(Path(folder) / MANIFEST)
+    def open_complete(cls, folder: Path, plan: CachePlan, fingerprints: dict[str, str],
+                      verify: bool = False) -> TileCache | None:
+        """The cache in ``folder`` if it is complete, for ``plan``, built from sources with these fingerprints, and
+        whole (see the module docstring; ``verify`` checks every file's SHA-256); otherwise None (it must be
+        prepared). A damaged cache is said in a warning and its damaged files removed, so that preparing it again
+        starts from what is left."""
+        folder = Path(folder)
+        manifest = _read_json(folder / MANIFEST)
         if not (isinstance(manifest, dict) and manifest.get("plan") == plan.key
-                and manifest.get("fingerprints") == fingerprints):
+                and manifest.get("fingerprints") == fingerprints and isinstance(manifest.get("arrays"), dict)):
             return None
-        return cls(Path(folder), manifest)
+        damaged = {name: problem for name, recorded in manifest["arrays"].items()
+                   if (problem := _array_problem(folder / name, recorded, verify)) is not None}
+        if damaged:
+            warnings.warn(f"the cache in {folder} is damaged ({'; '.join(damaged.values())}): preparing it again",
+                          stacklevel=2)
+            (folder / MANIFEST).unlink(missing_ok=True)
+            for name in damaged:
+                (folder / name).unlink(missing_ok=True)
+            return None
+        return cls(folder, manifest)
 
     @property
     def ids(self) -> dict[str, list[str]]:

@@ -96,10 +96,12 @@ class Eroded:
 
     def __call__(self, full_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
         labels = labels_of(full_mask)
-        # Ranks of the labels fit cv2's morphology dtypes whatever the class indices are.
-        values, ranks = np.unique(labels, return_inverse=True)
-        dtype = np.uint8 if len(values) <= 256 else np.uint16 if len(values) <= 65536 else np.float32
-        ranks = ranks.reshape(labels.shape).astype(dtype)
+        if labels.min(initial=0) >= 0 and labels.max(initial=0) < 256:  # class indices: cv2 takes them as they are
+            ranks = labels.astype(np.uint8)
+        else:  # ranks of the labels fit cv2's morphology dtypes whatever the class indices are (a sort: slower)
+            values, ranks = np.unique(labels, return_inverse=True)
+            dtype = np.uint8 if len(values) <= 256 else np.uint16 if len(values) <= 65536 else np.float32
+            ranks = ranks.reshape(labels.shape).astype(dtype)
         # A pixel keeps its label when the disc around it holds one class only: its maximum equals its minimum.
         # cv2's default border leaves pixels beyond the tile out of both.
         kept = cv2.dilate(ranks, self._disc) == cv2.erode(ranks, self._disc)
