@@ -22,7 +22,7 @@ from rich.console import Console
 
 import registry
 from bench import distributed
-from bench.entry import EXIT_INTERRUPTED, EXIT_USER_ERROR
+from bench.entry import EXIT_INTERRUPTED, EXIT_USER_ERROR, CtrlC
 from bench.executors import DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow, parse_devices
 from bench.export import FORMATS, read_export
 from bench.grid import list_grids, load_grid
@@ -179,30 +179,38 @@ EXIT_HINTS = {  # what an interrupted command says after "interrupted"
 
 def main(argv: list[str] | None = None) -> int:
     command = None
-    try:
-        args = build_parser().parse_args(argv)
-        command = args.command
-        warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
-        for module in getattr(args, "plugin", []):
-            registry.import_plugin_module(module)
-        return COMMANDS[command](args, Console())
-    except KeyboardInterrupt:
+    with CtrlC() as ctrl_c:
+        try:
+            args = build_parser().parse_args(argv)
+            command = args.command
+            warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+            for module in getattr(args, "plugin", []):
+                registry.import_plugin_module(module)
+            return COMMANDS[command](args, Console())
+        except BaseException as err:  # noqa: BLE001  (each kind is answered below; a bug keeps its traceback)
+            return answer(err, command, ctrl_c.seen)
+
+
+def answer(err: BaseException, command: str | None, interrupted: bool) -> int:
+    """The one line and exit code for what ended a command; re-raises what is a bug (its traceback is wanted)."""
+    if interrupted or isinstance(err, KeyboardInterrupt):  # whatever a Ctrl-C surfaced as
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
         hint = EXIT_HINTS.get(command)
         print(f"interrupted{f': {hint}' if hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except UserError as err:
+    if isinstance(err, UserError):
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except OSError as err:  # a path the checks before the work could not foresee: a disk that filled up, say
+    if isinstance(err, OSError):  # a path the checks before the work could not foresee: a disk that filled up, say
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except SystemExit as err:
+    if isinstance(err, SystemExit):
         if command is None:  # argparse's own: --help, or a mistake it has said in one line
-            raise
+            raise err
         # a plugin's sys.exit(), or a builder's: never a silent end
         print(f"error: sys.exit({err.code!r}) was called by {where_raised(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    raise err
 
 
 def describe_os_error(err: OSError) -> str:

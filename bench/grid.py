@@ -30,6 +30,7 @@ import json
 import math
 import re
 import tomllib
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,9 +472,9 @@ def _component(spec: Any, kind: str, reg: registry.Registry, where: _Locator, ke
         raise where.error(str(err), wrong, key=field_key(wrong)) from None
     changed = tuple((("kwargs", k), value) for k, value in written.items()
                     if k not in kwargs or _number_form(kwargs[k]) != _number_form(value))
-    if "label" in spec and not (isinstance(spec["label"], str) and spec["label"].strip()):
-        raise where.error(f"{reg.kind} {name!r}: label must be a non-empty string, not {spec['label']!r}", "label",
-                          key=field_key("label"))
+    if "label" in spec and not _is_label(spec["label"]):
+        raise where.error(f"{reg.kind} {name!r}: label must be a non-empty line of text (no tab or line break), not "
+                          f"{spec['label']!r}", "label", key=field_key("label"))
     label = spec.get("label", name)
     if kind == "dataset":  # its paths are locations (LOCATION_KEYS): see _dataset
         return Component(name, label, kwargs, written=changed)
@@ -481,6 +482,11 @@ def _component(spec: Any, kind: str, reg: registry.Registry, where: _Locator, ke
              if k.endswith(FILE_SUFFIX) and v is not None}
     return Component(name, label, {k: v for k, v in kwargs.items() if k not in files}, files=files,
                      written=tuple(entry for entry in changed if entry[0][1] not in files))
+
+
+def _is_label(value: Any) -> bool:
+    """A label is shown in tables, legends and file listings: some text, on one line, with no control character."""
+    return isinstance(value, str) and bool(value.strip()) and not any(unicodedata.category(c) == "Cc" for c in value)
 
 
 def _number_form(value: Any) -> str:

@@ -49,9 +49,9 @@ def code(text: object) -> str:
 
 def markdown_table(lines: Iterable[Iterable[object]], headers: Iterable[object]) -> str:
     """A GitHub Markdown table; every cell on one line with its pipes escaped, so that a label holding ``|``
-    cannot shift the columns after it."""
+    cannot shift the columns after it, and its angle brackets too, so that it cannot open an HTML tag."""
     def cell(value: object) -> str:
-        return one_line(value).replace("|", "\\|")
+        return one_line(value).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
     return tabulate([[cell(value) for value in line] for line in lines], headers=[cell(h) for h in headers],
                     tablefmt="github", disable_numparse=True)

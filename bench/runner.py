@@ -215,11 +215,12 @@ class Recorder:
         cell = self.cells[result.cell_id]
         if result.fatal:  # not the cell's fault: it stays unfinished, and the run stops
             raise RunStopped(result.error)
-        self.running.discard(result.cell_id)
+        # The cell stays among the running ones until its row says how it ended: a Ctrl-C before marks it interrupted.
         if result.error is not None:
             if self.store.get(result.cell_id) is None:  # lost before it could report its start
                 self.store.start(cell.cell_id, cell.grid, cell.dataset.name, cell.label, cell.config, {})
             self.store.fail(result.cell_id, result.error + ("\n" + result.trace if result.trace else ""))
+            self.running.discard(result.cell_id)
             self.summary.failed.append(result.cell_id)
             self.events.cell_failed(cell, result.error)
             return
@@ -229,6 +230,7 @@ class Recorder:
             write_atomically(folder / checkpoints.BEST, result.best_checkpoint)
         metrics = {**result.metrics, "class_names": self.class_names}
         self.store.finish(result.cell_id, result.history, metrics)
+        self.running.discard(result.cell_id)
         # Only now: until the result is stored, the resume state is what holds the finished work.
         checkpoints.remove_resume_state(folder)
         self.summary.done.append(result.cell_id)

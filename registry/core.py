@@ -310,5 +310,5 @@ def import_plugin_module(spec: str) -> None:
             importlib.import_module(spec)
     except UserError:
         raise
-    except Exception as err:  # noqa: BLE001  (whatever the module raises on import is the user's to fix)
+    except (Exception, SystemExit) as err:  # noqa: BLE001  (whatever the module raises, sys.exit() included)
         raise UserError(f"cannot import plugin {spec!r}: {type(err).__name__}: {err}") from None
