@@ -105,13 +105,29 @@ def load_resume_state(folder: Path, cell_id: str, map_location: Any,
         except DamagedCheckpoint as err:
             damaged.append(f"{err}; set aside as {set_aside(path).name}")
             continue
-        if state.get("cell_id") == cell_id:
-            found = state
-            break
+        if state.get("cell_id") != cell_id:
+            continue
+        if "best" not in state:  # written before the state kept the best epoch's weights: they are in best.pt
+            state["best"] = _older_best(folder, map_location)
+            if state["best"] is None:
+                damaged.append(f"{path} has no best epoch's weights beside it (no whole best.pt)")
+                continue
+        found = state
+        break
     then = f"resuming after epoch {found['epoch']}" if found else "training from the first epoch"
     for message in damaged:
         warn(f"{message}; {then}")
     return found
+
+
+def _older_best(folder: Path, map_location: Any) -> dict[str, Any] | None:
+    """The best epoch (``epoch``, ``miou``, ``model``) from ``best.pt``, as an interrupted run of an earlier version
+    kept it; None when there is no whole one."""
+    try:
+        state = read(folder / BEST, map_location)
+    except (DamagedCheckpoint, FileNotFoundError):
+        return None
+    return {key: state[key] for key in ("epoch", "miou", "model")}
 
 
 def remove_resume_state(folder: Path) -> None:

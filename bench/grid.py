@@ -471,7 +471,7 @@ def _component(spec: Any, kind: str, reg: registry.Registry, where: _Locator, ke
         wrong = next((k for k in written if f": {k} must be" in str(err)), name)
         raise where.error(str(err), wrong, key=field_key(wrong)) from None
     changed = tuple((("kwargs", k), value) for k, value in written.items()
-                    if k not in kwargs or _number_form(kwargs[k]) != _number_form(value))
+                    if _number_form(kwargs[k]) != _number_form(value))
     if "label" in spec and not _is_label(spec["label"]):
         raise where.error(f"{reg.kind} {name!r}: label must be a non-empty line of text (no tab or line break), not "
                           f"{spec['label']!r}", "label", key=field_key("label"))
@@ -631,7 +631,7 @@ def _loss(spec: Any, where: _Locator) -> Component:
     written = loss.written + tuple((("regularizers", index, "kwargs", key), value)
                                    for index, (term, given) in enumerate(zip(regularizers, given_kwargs))
                                    for key, value in given.items()
-                                   if key not in term["kwargs"] or _number_form(value) != _number_form(term["kwargs"][key]))
+                                   if _number_form(value) != _number_form(term["kwargs"][key]))
     return Component(loss.name, label, loss.kwargs, tuple(regularizers), loss.files, written)
 
 

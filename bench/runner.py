@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 import registry
+from bench import checkpoints
 from bench.cell_job import CellJob, GridData, JobResult, disk_fault, grid_data
 from bench.executors import Executor, SequentialExecutor
 from bench.grid import Cell, Component, Grid, builder_failure
-from bench import checkpoints
 from bench.store import ResultStore, StoreError
 from registry.errors import UserError
 from registry.files import write_atomically
@@ -128,8 +128,8 @@ def check_cells(grid: Grid, data: GridData) -> None:
             raise UserError(f"{where}: architecture {arch.label!r} needs tile sides divisible by "
                             f"{model.size_divisor}, but {grid.dataset.name!r} tiles are {height}x{width}")
     for loss in {cell.loss.label: cell.loss for cell in grid.cells}.values():
-        checked(lambda: registry.create_loss(loss.name, **loss.kwargs, weight=weights), grid.place("losses", loss.label),
-                "loss", loss)
+        checked(lambda: registry.create_loss(loss.name, **loss.kwargs, weight=weights),
+                grid.place("losses", loss.label), "loss", loss)
     for masker, fraction in {(c.masker.label, c.fraction): (c.masker, c.fraction) for c in grid.cells}.values():
         where = grid.place("maskers", masker.label)
         built = checked(lambda: registry.create_masker(masker.name, **masker.kwargs), where, "masker", masker)

@@ -109,10 +109,15 @@ class ResultStore:
         _check_is_store(self.path)
         with self._reporting():
             self._db = _connect_readonly(self.path) if readonly else sqlite3.connect(self.path, timeout=30)
-            self._db.row_factory = sqlite3.Row
-            if not readonly:
-                self._prepare_for_writing()
-            self._empty = not _has_cells_table(self._db)
+        try:
+            with self._reporting():
+                self._db.row_factory = sqlite3.Row
+                if not readonly:
+                    self._prepare_for_writing()
+                self._empty = not _has_cells_table(self._db)
+        except BaseException:
+            self._db.close()
+            raise
 
     def _prepare_for_writing(self) -> None:
         """Never build on a damaged file (its finished rows would be lost to the next write); mark a store written

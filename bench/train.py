@@ -292,8 +292,9 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
             history[-1]["regularizers"] = {name: float(value) / len(batches)
                                            for (name, _, _), value in zip(regularizers, reg_sums.cpu())}
         if best is None or result["miou"] >= best["miou"]:  # every rank keeps it: the same weights everywhere
+            weights = model.state_dict().items()
             best = {"epoch": epoch + 1, "miou": result["miou"],
-                    "model": {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}}
+                    "model": {name: tensor.detach().to("cpu", copy=True) for name, tensor in weights}}
         if rank == 0:  # the other ranks read last.pt to resume: after the barrier
             checkpoints.save_resume_state(
                 {"cell_id": cell.cell_id, "epoch": epoch + 1, "history": history, "model": model.state_dict(),

@@ -104,6 +104,23 @@ def test_with_both_resume_states_damaged_the_cell_starts_again_and_ends_the_same
     assert {key: cell["metrics"][key] for key in SAME} == {key: straight[key] for key in SAME}
 
 
+def test_a_resume_state_of_the_earlier_layout_resumes_with_the_best_pt_beside_it(tmp_path, capsys, straight):
+    """An interrupted run of an earlier version left last.pt without the best epoch's weights, which were in
+    best.pt: the cell resumes from them, and ends as a run never interrupted."""
+    folder = killed_after_epoch(tmp_path, 2)
+    state = checkpoints.read(folder / "last.pt")
+    best = state.pop("best")
+    torch.save(state, folder / "last.pt")
+    torch.save({"cell_id": state["cell_id"], "epoch": best["epoch"], "miou": best["miou"], "model": best["model"]},
+               folder / "best.pt")
+    (folder / "previous.pt").unlink()
+    rerun = bench("run", "--grid", "grid.toml", "--out", "runs", cwd=tmp_path)
+    assert rerun.returncode == 0 and rerun.stderr == "", rerun.stderr
+    cell = the_cell(capsys, tmp_path / "runs")
+    assert [h["resumed"] for h in cell["history"]] == [False, False, True]
+    assert {key: cell["metrics"][key] for key in SAME} == {key: straight[key] for key in SAME}
+
+
 def test_every_single_byte_change_and_cut_of_a_checkpoint_is_caught_or_changes_nothing(tmp_path):
     """Checked against the state that was saved: each byte of a small checkpoint flipped in turn (two bits), and
     the file cut at every length; ``read`` either refuses it as damaged or gives back exactly what was saved."""

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from user_faults import TINY, bench, exported, one_line, run_main, start, write_grid
 
 from bench import runner
@@ -83,6 +84,50 @@ def test_workers_end_with_their_killed_driver_and_the_rerun_loses_nothing(tmp_pa
     for cell_id, cell in before.items():
         if cell["status"] == "done":
             assert after[cell_id] == cell
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except FileNotFoundError:
+        return ""
+
+
+def test_ray_tasks_end_when_their_driver_is_killed(tmp_path):
+    """The local cluster a run starts is the driver's: killed, its tasks stop too (Ray leaves two agents of its own
+    behind, which write nothing: they are ended here, not asserted on)."""
+    pytest.importorskip("ray")
+    write_grid(tmp_path, GRID)
+    plugin = tmp_path / "quiet_evaluation.py"
+    plugin.write_text(QUIET_EVALUATION)
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen([sys.executable, "-m", "bench", "run", "--grid", "grid.toml", "--executor", "ray",
+                               "--out", "runs", "--plugin", str(plugin)], cwd=tmp_path, env=environment,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not plugin.with_suffix(".evaluating").exists():
+        assert driver.poll() is None and time.monotonic() < deadline, "no task reached its first evaluation"
+        time.sleep(0.1)
+    family = descendants(driver.pid)
+    tasks = [pid for pid in family if cmdline(pid).startswith("ray::_run_task")]
+    assert tasks
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in tasks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in tasks if alive(pid)]
+    for pid in family:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not survivors, "Ray tasks outlived their driver"
 
 
 HOLDER = """\
