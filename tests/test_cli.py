@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from user_faults import TINY
 
 import registry
 from bench.cli import main
@@ -166,24 +167,7 @@ def test_list_with_patterns_and_grids(capsys):
     assert {"smoke", "default"} <= set(capsys.readouterr().out.split())
 
 
-GRID = """\
-[dataset]
-name = "synthetic"
-tile_size = 32
-train_size = 4
-val_size = 4
-test_size = 4
-
-[axes]
-archs = [{ name = "unet", base_channels = 4, depth = 3 }]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.5]
-
-[recipe]
-epochs = 1
-batch_size = 2
-"""
+GRID = TINY.replace("train_size = 8", "train_size = 4").replace("batch_size = 4", "batch_size = 2")
 
 
 @pytest.mark.parametrize("old, new, message", [

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from user_faults import TINY
 
 import bench.device_data
 from bench.data import AugmentedTiles, Normalizer, TrainBatches
@@ -152,26 +153,8 @@ def test_device_batches_are_a_function_of_seed_and_epoch():
     assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, other, strict=True))
 
 
-GRID = """\
-[dataset]
-name = "synthetic"
-tile_size = 32
-train_size = 12
-val_size = 4
-test_size = 4
-
-[axes]
-archs = [{ name = "unet", base_channels = 4, depth = 3 }]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.5]
-
-[recipe]
-epochs = 2
-batch_size = 4
-lr = 0.01
-augment = []
-"""
+GRID = (TINY.replace("train_size = 8", "train_size = 12").replace("epochs = 1", "epochs = 2")
+        + "lr = 0.01\naugment = []\n")
 
 
 def train(tmp_path: Path, data_path: str, augment: str = "[]") -> tuple[list[dict], dict]:
