@@ -109,15 +109,14 @@ class ResultStore:
         _check_is_store(self.path)
         with self._reporting():
             self._db = _connect_readonly(self.path) if readonly else sqlite3.connect(self.path, timeout=30)
-        try:
-            with self._reporting():
+            try:
                 self._db.row_factory = sqlite3.Row
                 if not readonly:
                     self._prepare_for_writing()
                 self._empty = not _has_cells_table(self._db)
-        except BaseException:
-            self._db.close()
-            raise
+            except BaseException:  # a store refused is not left open
+                self._db.close()
+                raise
 
     def _prepare_for_writing(self) -> None:
         """Never build on a damaged file (its finished rows would be lost to the next write); mark a store written
