@@ -23,6 +23,7 @@ from rich.console import Console
 import registry
 from bench import distributed
 from bench.entry import EXIT_INTERRUPTED, EXIT_USER_ERROR, CtrlC
+from bench.evaluate import EVALUATED_SPLITS, figures_listings, heading, prepare_evaluation, stored_on
 from bench.executors import DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow, parse_devices
 from bench.export import FORMATS, read_export
 from bench.grid import list_grids, load_grid
@@ -37,7 +38,7 @@ from registry.files import require_writable_file, require_writable_folder, write
 # bench perf's workload where the options leave it open: (architectures, tile side, batch). On a GPU the reference
 # experiment's models and batch; on a CPU, where those take hours, the default grid's.
 PERF_DEFAULTS = {
-    "cuda": (("unet:base_channels=64,upsampling=bilinear", "unetplusplus:base_channels=64"), 384, 32),
+    "cuda": (("reference-unet", "reference-unetplusplus"), 384, 32),
     "cpu": (("unet:base_channels=16", "unetplusplus:base_channels=16"), 64, 16),
 }
 REGISTRIES = {"archs": registry.ARCHS, "losses": registry.LOSSES, "maskers": registry.MASKERS,
@@ -141,12 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--tiles", type=positive_int, default=3, help="tiles per figure (default: 3)")
     show.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
+    evaluate = commands.add_parser("evaluate", parents=[plugins, outputs],
+                                   help="score weights trained elsewhere on a grid's dataset, and store the figures")
+    evaluate.add_argument("--arch", required=True, metavar="NAME[:KEY=VALUE,...]",
+                          help="the architecture the weights are for, as for bench perf, e.g. unet:base_channels=64")
+    evaluate.add_argument("--weights", required=True, type=Path, metavar="PATH",
+                          help="a torch.save file: a state_dict, or a dict with one under model_state_dict or model")
+    evaluate.add_argument("--grid", required=True,
+                          help="the grid whose dataset, normalisation, evaluation batch and precision are used: a "
+                               "name (see `bench list grids`) or a path to a TOML file")
+    evaluate.add_argument("--split", choices=EVALUATED_SPLITS, default="val", help="the split scored (default: val)")
+    evaluate.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                          help="override a value of the grid file, as for bench run; repeatable")
+    evaluate.add_argument("--data-root", type=Path, metavar="PATH",
+                          help="the folder of the dataset's files, as for run")
+    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
     prepare = commands.add_parser("prepare", parents=[plugins],
                                   help="convert a dataset once into the cache that training reads")
     prepare.add_argument("dataset", help="a dataset that reads files, e.g. landcoverai")
     prepare.add_argument("--root", required=True, type=Path, help="the folder of your copy of the dataset")
     prepare.add_argument("--size", type=positive_int, help="tile side in the cache (default: the dataset's, 384)")
     prepare.add_argument("--layout", help="which layout of the copy to read (default: auto)")
+    prepare.add_argument("--resize", help="how tiles are resized to --size: area (default) or bilinear (the reference "
+                                          "experiment's)")
     prepare.add_argument("--cache-dir", type=Path,
                          help="where caches go (default: $PARTIALSEG_CACHE or ~/.cache/partialseg-bench)")
 
@@ -409,6 +428,34 @@ def command_prune(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def command_evaluate(args: argparse.Namespace, console: Console) -> int:
+    """bench.evaluate's figures for a weights file on a grid's dataset, stored once in the store of --out (holding
+    the folder as a run does; the same evaluation again shows the stored figures), then the leaderboard
+    regenerated."""
+    from bench.perf import parse_arch_spec
+
+    grid = load_grid(args.grid, overrides=args.overrides, data_root=args.data_root)
+    arch = parse_arch_spec(args.arch)
+    device = resolve_device(args.device)
+    check_outputs(args)
+    prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
+    evaluation = prepare_evaluation(grid, arch, args.weights, args.split, device)
+    with exclusive(args.out), ResultStore(args.out / STORE_NAME) as store:
+        row = store.get(evaluation.cell_id)
+        if row is None:
+            with console.status(f"evaluating {evaluation.label} on {device}"):
+                row = evaluation.store_in(store, evaluation.score())
+        else:
+            console.print(f"already evaluated: the figures stored on {stored_on(row)}", highlight=False)
+    console.print(heading(row), highlight=False, soft_wrap=True)
+    for listing in figures_listings(row):
+        show(console, listing)
+    board = leaderboard_path(args)
+    regenerate(args.out, board)
+    console.print(f"leaderboard written to {board}", highlight=False)
+    return 0
+
+
 def command_list(args: argparse.Namespace, console: Console) -> int:
     if args.what == "grids":
         names = filter_names(list_grids(), args.patterns, args.exclude)
@@ -443,8 +490,8 @@ def prepare_dataset(name: str, kwargs: dict, console: Console):
 
 
 def command_prepare(args: argparse.Namespace, console: Console) -> int:
-    options = {"root": args.root, "size": args.size, "layout": args.layout, "cache_dir": args.cache_dir,
-               "verify": True}  # the command that says "ready" reads every byte first
+    options = {"root": args.root, "size": args.size, "layout": args.layout, "resize": args.resize,
+               "cache_dir": args.cache_dir, "verify": True}  # the command that says "ready" reads every byte first
     started = time.perf_counter()
     cache = prepare_dataset(args.dataset, {k: v for k, v in options.items() if v is not None}, console)
     if cache is None:
@@ -537,4 +584,4 @@ def regenerate(out: Path, leaderboard: Path) -> None:
 
 COMMANDS = {"run": command_run, "list": command_list, "prepare": command_prepare, "perf": command_perf,
             "prune": command_prune, "show": command_show, "export": command_export,
-            "leaderboard": command_leaderboard}
+            "leaderboard": command_leaderboard, "evaluate": command_evaluate}

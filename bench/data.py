@@ -21,6 +21,8 @@ AUGMENTATIONS = {
     "hflip": lambda: A.HorizontalFlip(p=0.5),
     "vflip": lambda: A.VerticalFlip(p=0.5),
     "rot90": lambda: A.RandomRotate90(p=1.0),  # one of the four quarter turns, the identity included
+    # The reference experiment's: half the time one of the four quarter turns, so the identity 5/8 of the time.
+    "rot90_half": lambda: A.RandomRotate90(p=0.5),
     # ShiftScaleRotate's ranges (shift up to 6.25 % of the side, scale 0.9..1.1, rotation up to 45 degrees) with
     # A.Affine, which replaces it in albumentations 2. Images are interpolated bilinearly and filled with 0; masks
     # take the nearest pixel (never a blend of two classes) and are filled with -1, so pixels that the shift or
@@ -49,6 +51,14 @@ def tile_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, MASK_STREAM, index))
 
 
+def draw_partial(masker, full_mask: torch.Tensor, fraction: float, seed: int, index: int) -> torch.Tensor:
+    """Tile ``index``'s partial mask under run seed ``seed``: the masker draws from the tile's generator, or, when it
+    says ``takes_tile_index`` (it reproduces another program's draws), from the seed and index themselves."""
+    if getattr(masker, "takes_tile_index", False):
+        return masker(full_mask, fraction, tile_generator(seed, index), seed=seed, index=index)
+    return masker(full_mask, fraction, tile_generator(seed, index))
+
+
 def partial_masks(masks: np.ndarray, masker, fraction: float, seed: int) -> np.ndarray:
     """Apply ``masker`` to every full mask (uint8 ``[N, H, W]``); returns int8 ``[N, H, W]`` with ``-1`` unlabelled.
 
@@ -57,7 +67,7 @@ def partial_masks(masks: np.ndarray, masker, fraction: float, seed: int) -> np.n
     out = np.empty(masks.shape, dtype=np.int8)
     for index in range(len(masks)):
         full = torch.from_numpy(masks[index].astype(np.int64))
-        partial = masker(full, fraction, tile_generator(seed, index))
+        partial = draw_partial(masker, full, fraction, seed, index)
         if partial.shape != full.shape or not bool(((partial == full) | (partial == UNLABELLED)).all()):
             raise ValueError(f"masker {masker!r} returned a mask that is not a partial copy of tile {index}")
         out[index] = partial.numpy()

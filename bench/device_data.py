@@ -73,7 +73,8 @@ def _where(chosen: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
 
 def draw_transforms(augment: Sequence[str], count: int, side: int, generator: torch.Generator) -> torch.Tensor:
     """One forward matrix per tile, composing ``augment`` in its order, each drawn as bench.data.AUGMENTATIONS
-    draws it: flips with p = 0.5, one of four quarter turns, shift-scale-rotate with p = 0.5."""
+    draws it: flips with p = 0.5, one of four quarter turns (with p = 0.5 for ``rot90_half``), shift-scale-rotate with
+    p = 0.5."""
     def uniform(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
 
@@ -85,6 +86,9 @@ def draw_transforms(augment: Sequence[str], count: int, side: int, generator: to
             step = _where(torch.rand(count, generator=generator) < 0.5, vflip_matrix(count, side))
         elif name == "rot90":
             step = rot90_matrix(torch.randint(0, 4, (count,), generator=generator), side)
+        elif name == "rot90_half":
+            chosen = torch.rand(count, generator=generator) < 0.5
+            step = _where(chosen, rot90_matrix(torch.randint(0, 4, (count,), generator=generator), side))
         elif name == "shift_scale_rotate":
             chosen = torch.rand(count, generator=generator) < SHIFT_SCALE_ROTATE_P
             matrices = shift_scale_rotate_matrix(uniform(-ROTATE_LIMIT, ROTATE_LIMIT), uniform(*SCALE_RANGE),

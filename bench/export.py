@@ -1,9 +1,11 @@
 """``bench export``: the stored cells as a table for a spreadsheet or pandas (CSV), or whole (JSON).
 
 The CSV has one row per cell and only flat values: the cell's identity (grid, dataset, the labels of its architecture,
-loss and masker, fraction, seed), every scalar metric, the per-class IoUs as one column per class (``best_iou_road``),
-where and when it ran, and its full configuration as a JSON string. Confusion matrices and per-epoch histories are
-left to the JSON, which holds every stored field of every cell.
+loss and masker, fraction, seed), its status and kind (``training``, or ``evaluation`` for weights trained elsewhere
+and scored by ``bench evaluate``, which have an architecture and no loss, masker, fraction or seed), every scalar
+metric, the per-class IoUs as one column per class (``best_iou_road``), where and when it ran, and its full
+configuration as a JSON string. Confusion matrices and per-epoch histories are left to the JSON, which holds every
+stored field of every cell.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from bench.store import CellRow
 from registry.errors import UserError
 
-IDENTITY = ("cell_id", "grid", "dataset", "arch", "loss", "masker", "fraction", "seed", "status")
+IDENTITY = ("cell_id", "grid", "dataset", "arch", "loss", "masker", "fraction", "seed", "status", "kind")
 LEADING = ("labelled_fraction", "best_miou", "final_miou", "test_miou")  # the metrics a reader looks for first
 RUN = ("device", "code_revision", "attempts", "started_at", "finished_at", "error", "config")
 
@@ -29,8 +31,8 @@ def cell_record(row: CellRow) -> dict[str, object]:
     config, metrics = row.config, row.metrics or {}
     record: dict[str, object] = {
         "cell_id": row.cell_id, "grid": row.grid, "dataset": row.dataset, "arch": config["arch"]["label"],
-        "loss": config["loss"]["label"], "masker": config["masker"]["label"], "fraction": config["fraction"],
-        "seed": config["seed"], "status": row.status,
+        "loss": _label(config.get("loss")), "masker": _label(config.get("masker")), "fraction": config.get("fraction"),
+        "seed": config.get("seed"), "status": row.status, "kind": row.kind,
     }
     class_names = metrics.get("class_names", [])
     for key, value in metrics.items():
@@ -43,6 +45,11 @@ def cell_record(row: CellRow) -> dict[str, object]:
                   attempts=row.attempts, started_at=row.started_at, finished_at=row.finished_at, error=row.error,
                   config=json.dumps(config, sort_keys=True))
     return record
+
+
+def _label(component: dict | None) -> str | None:
+    """A component's label; None where the row has none (an evaluation has no loss or masker)."""
+    return component["label"] if component is not None else None
 
 
 def to_csv(rows: Iterable[CellRow]) -> str:

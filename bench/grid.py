@@ -44,7 +44,7 @@ GRID_DIR = Path(__file__).resolve().parent.parent / "tasks"  # a checkout (or an
 DISTRIBUTION = "partialseg-bench"
 CONFIG_VERSION = 1  # bump when a change to the training code makes old results incomparable
 
-AUGMENTATIONS = ("hflip", "vflip", "rot90", "shift_scale_rotate")
+AUGMENTATIONS = ("hflip", "vflip", "rot90", "rot90_half", "shift_scale_rotate")
 DEFAULT_AUGMENT = ("hflip", "vflip", "rot90")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -60,7 +60,8 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "eval_batch_size": None,  # None: twice the training batch
     "augment": list(DEFAULT_AUGMENT),
     "class_weights": None,
-    "amp": True,  # on CUDA only; the CPU trains in float32
+    "amp": True,  # on CUDA only (the CPU trains in float32): true (bf16 where the card has it, else fp16), "fp16",
+    # "bf16" or false
     # device (batches made on the device), loader (DataLoader + albumentations); auto: device on CUDA
     "data_path": "auto",
     "compile": False,  # torch.compile the model; its compile time is reported apart (first_step_seconds)
@@ -71,6 +72,7 @@ RECIPE_DEFAULTS: dict[str, Any] = {
 # value a key stays out of the cell's identity, so that adding it did not orphan every stored cell.
 NEUTRAL_RECIPE: dict[str, Any] = {"sync_batchnorm": False}
 DATA_PATHS = ("auto", "device", "loader")
+AMP_MODES = ("fp16", "bf16")  # besides true (the card's best) and false
 TOP_KEYS = {"description", "dataset", "axes", "recipe"}
 AXIS_KEYS = {"archs", "losses", "maskers", "fractions", "seeds", "include", "exclude"}
 FILTER_KEYS = {"arch", "loss", "masker", "fraction", "seed"}
@@ -458,10 +460,14 @@ def _component(spec: Any, kind: str, reg: registry.Registry, where: _Locator, ke
     except registry.UnknownNameError as err:
         raise where.error(str(err), name, key=field_key("name")) from None
     try:
-        inspect.signature(builder).bind_partial(**kwargs)
+        signature = inspect.signature(builder)
+        signature.bind_partial(**kwargs)
     except TypeError as err:
         unknown = next((k for k in kwargs if repr(k) in str(err)), name)
-        raise where.error(f"{reg.kind} {name!r}: {err}", unknown, key=field_key(unknown)) from None
+        # The harness gives architectures their class and channel counts: not the user's to set, so not offered.
+        offered = [p for p in signature.parameters if p not in ("num_classes", "in_chans")]
+        takes = f" (it takes {', '.join(offered)})" if offered else " (it takes no argument)"
+        raise where.error(f"{reg.kind} {name!r}: {err}{takes}", unknown, key=field_key(unknown)) from None
     except ValueError:  # no inspectable signature: the builder will say
         pass
     written = kwargs
@@ -706,7 +712,8 @@ def _recipe(spec: Any, where: _Locator) -> tuple[dict[str, Any], dict[str, Any]]
     require(isinstance(augment, list) and all(isinstance(a, str) and a in AUGMENTATIONS for a in augment)
             and len(set(augment)) == len(augment), "augment",
             f"must be a list drawn from {', '.join(AUGMENTATIONS)}, each once")
-    require(isinstance(recipe["amp"], bool), "amp", "must be true or false")
+    require(isinstance(recipe["amp"], bool) or recipe["amp"] in AMP_MODES, "amp",
+            "must be true, false, " + " or ".join(f'"{mode}"' for mode in AMP_MODES))
     require(isinstance(recipe["compile"], bool), "compile", "must be true or false")
     require(isinstance(recipe["sync_batchnorm"], bool), "sync_batchnorm", "must be true or false")
     require(recipe["data_path"] in DATA_PATHS, "data_path", f"must be one of {', '.join(DATA_PATHS)}")

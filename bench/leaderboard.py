@@ -1,12 +1,15 @@
 """``leaderboard.md``, generated from the results store: one table per dataset and grid, best first.
 
-Cells that differ only by seed are one row, shown as mean ± standard deviation over their seeds. Nothing here is
-typed by hand except the reference experiment's published table, shown apart and marked as such.
+Cells that differ only by seed are one row, shown as mean ± standard deviation over their seeds. Weights trained
+elsewhere and scored by ``bench evaluate`` are shown apart, in a section of their own per grid, and enter none of the
+trained cells' tables. Nothing here is typed by hand except the reference experiment's published table, shown apart
+and marked as such.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from collections import defaultdict
@@ -18,7 +21,7 @@ from scipy import stats
 from tabulate import tabulate
 
 from bench.plots import show_names, write_plots
-from bench.store import CellRow
+from bench.store import EVALUATION, CellRow
 from registry.files import write_atomically
 
 PLOTS_FOLDER = "plots"
@@ -261,6 +264,8 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
     """The leaderboard's Markdown; ``plots`` maps a table's (dataset, grid) to its (alt text, relative path) images,
     linked under the table."""
     rows = once_each([r for r in rows if r.metrics])
+    evaluations = [r for r in rows if r.kind == EVALUATION]
+    rows = [r for r in rows if r.kind != EVALUATION]
     today = datetime.now(UTC).date().isoformat()
     out = [
         "# Leaderboard",
@@ -318,6 +323,7 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
         out += [f"- {code(r.grid)} {one_line(r.label)}: {one_line((r.error or '').splitlines()[0] if r.error else '')}"
                 for r in failed]
         out.append("")
+    out += evaluated_sections(evaluations)
     out += [
         "## Reference experiment (published figures, not produced by this harness)",
         "",
@@ -332,6 +338,55 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
         "",
     ]
     return "\n".join(out)
+
+
+def evaluated_sections(rows: list[CellRow]) -> list[str]:
+    """A section per dataset and grid of the evaluations filed under it, best dataset-level mIoU first."""
+    by_table: dict[tuple[str, str], list[CellRow]] = defaultdict(list)
+    for row in rows:
+        by_table[(row.dataset, row.grid)].append(row)
+    out = []
+    for (dataset, grid), table_rows in sorted(by_table.items()):
+        kwargs = json.dumps(table_rows[0].config["dataset"]["kwargs"], sort_keys=True)
+        out += [
+            f"## Evaluated weights · {one_line(dataset)} · grid {code(grid)} (external: not trained by this harness)",
+            "",
+            (
+                f"Weights trained elsewhere, scored by `bench evaluate` on the grid's dataset {code(kwargs)} as its "
+                "cells are: mIoU is dataset-level (one confusion matrix over the split), the per-batch mIoU is the "
+                "reference experiment's way at the evaluation batch shown, pixel accuracy and IoU columns are over "
+                "the split. These rows take no part in the tables, summaries and plots of the trained cells."
+            ),
+            "",
+            _evaluated_table(table_rows),
+            "",
+        ]
+    return out
+
+
+def _evaluated_table(rows: list[CellRow]) -> str:
+    class_names = rows[0].metrics["class_names"]
+    lines = []
+    for row in sorted(rows, key=lambda r: -math.inf if r.metrics["miou"] is None else r.metrics["miou"],
+                      reverse=True):
+        m = row.metrics
+        lines.append([
+            row.config["arch"]["label"],
+            Path(m["weights_file"]).name,
+            m["weights_sha256"][:12],
+            m["split"],
+            m["tiles"],
+            mean_std([m["miou"]], 4),
+            f"{mean_std([m['per_batch_miou']], 4)} (batch {m['eval_batch_size']})",
+            mean_std([m["accuracy"]], 4),
+            *[mean_std([iou], 4) for iou in m["iou"]],
+            m["precision"],
+            row.provenance["device"],
+            row.provenance["date"][:10],
+        ])
+    headers = ["architecture", "weights", "SHA-256", "split", "tiles", "mIoU", "per-batch mIoU (ref-style)",
+               "pixel acc.", *[f"IoU {name}" for name in class_names], "precision", "device", "evaluated"]
+    return markdown_table(lines, headers)
 
 
 def write_leaderboard(rows: Iterable[CellRow], failed: Iterable[CellRow], path: Path, store_path: str) -> None:

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter
 
-from bench.store import CellRow
+from bench.store import TRAINING, CellRow
 from registry.files import write_atomically
 
 FULL = "full"
@@ -261,10 +261,11 @@ def show_names(dataset: str, grid: str) -> dict[str, str]:
 
 
 def write_plots(rows: Iterable[CellRow], folder: Path) -> dict[tuple[str, str], list[tuple[str, str]]]:
-    """Both plots of every table into ``folder``; returns ``{(dataset, grid): [(alt text, file name), ...]}``."""
+    """Both plots of every table of trained cells into ``folder`` (evaluations of weights trained elsewhere have no
+    labelled fraction or epochs to plot); returns ``{(dataset, grid): [(alt text, file name), ...]}``."""
     by_table: dict[tuple[str, str], list[CellRow]] = defaultdict(list)
     for row in rows:
-        if row.metrics:
+        if row.metrics and row.kind == TRAINING:
             by_table[(row.dataset, row.grid)].append(row)
     written = {}
     for (dataset, grid), table_rows in sorted(by_table.items()):

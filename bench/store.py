@@ -1,4 +1,5 @@
-"""The results store: one SQLite database per output folder, one row per cell.
+"""The results store: one SQLite database per output folder, one row per cell (and per evaluation of weights
+trained elsewhere: ``bench evaluate``).
 
 A row moves ``running`` -> (``interrupted`` | ``failed``)* -> ``done``. Every write is a transaction, and no statement
 here touches a row that is ``done``: a finished result is never rewritten, whatever a later run does.
@@ -52,6 +53,11 @@ COLUMNS = {"cell_id", "grid", "dataset", "label", "config", "status", "history",
            "attempts", "started_at", "updated_at", "finished_at"}
 
 
+# A row's config says what made it: a trained cell's has no "kind"; weights scored by `bench evaluate` (trained
+# elsewhere) are marked so, and are never taken for a cell of a grid.
+TRAINING, EVALUATION = "training", "evaluation"
+
+
 class StoreError(UserError):
     """A results store that cannot be used: not one, damaged, of a newer schema, or not writable."""
 
@@ -71,6 +77,10 @@ class CellRow:
     attempts: int
     started_at: str
     finished_at: str | None
+
+    @property
+    def kind(self) -> str:
+        return self.config.get("kind", TRAINING)
 
 
 def _now() -> str:
@@ -189,6 +199,20 @@ class ResultStore:
                 (cell_id, grid, dataset, label, _json(config), _json(provenance), now, now),
             )
 
+    def add_done(self, cell_id: str, grid: str, dataset: str, label: str, config: dict, provenance: dict,
+                 metrics: dict) -> None:
+        """Store a finished row in one transaction, with no running state before it (an evaluation has nothing to
+        resume); a row already stored under ``cell_id`` is kept as it is."""
+        now = _now()
+        with self._reporting(), self._db:
+            self._db.execute(
+                """INSERT INTO cells (cell_id, grid, dataset, label, config, status, metrics, provenance, attempts,
+                                      started_at, updated_at, finished_at)
+                   VALUES (?, ?, ?, ?, ?, 'done', ?, ?, 1, ?, ?, ?)
+                   ON CONFLICT (cell_id) DO NOTHING""",
+                (cell_id, grid, dataset, label, _json(config), _json(metrics), _json(provenance), now, now, now),
+            )
+
     def record_epoch(self, cell_id: str, history: list[dict]) -> None:
         self._update(cell_id, "history = ?", _json(history))
 
@@ -219,9 +243,11 @@ def stale_rows(grid, store: ResultStore) -> tuple[list[CellRow], list[CellRow]]:
     """The stored cells filed under ``grid``'s name (a :class:`bench.grid.Grid`) whose identity the grid, as it now
     reads, does not have (by id or alias), in two lists: those run from this grid's file (or stored before the file
     was recorded), what ``bench prune`` lists; and those run from another file of the same name, which are another
-    experiment's and never listed for deletion."""
+    experiment's and never listed for deletion. Evaluations filed under the grid's name are in neither: they are
+    no cells of it."""
     current, here = grid.cells_by_id(), str(grid.path.resolve())
-    stale = [row for row in store.rows(status=None) if row.grid == grid.name and row.cell_id not in current]
+    stale = [row for row in store.rows(status=None)
+             if row.grid == grid.name and row.kind == TRAINING and row.cell_id not in current]
     ours = [row for row in stale if (row.provenance or {}).get("grid_file", here) == here]
     return ours, [row for row in stale if row not in ours]
 

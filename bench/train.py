@@ -71,13 +71,18 @@ class Precision:
     dtype: torch.dtype = torch.float32  # what the matrix multiplies of the autocast regions compute in
 
 
-def choose_precision(device: torch.device, amp: bool) -> Precision:
-    """bf16 autocast on GPUs with bf16 tensor cores (compute capability 8.0, Ampere, and later); fp16 with loss scaling
-    before them. Not torch.cuda.is_bf16_supported(): it also says yes where bf16 is only emulated (V100, T4), on the
-    current device rather than this one."""
-    if device.type != "cuda" or not amp:
+def choose_precision(device: torch.device, amp: bool | str) -> Precision:
+    """``amp = true``: bf16 autocast on GPUs with bf16 tensor cores (compute capability 8.0, Ampere, and later), fp16
+    with loss scaling before them; ``"fp16"`` or ``"bf16"`` asks for one (fp16 is what the reference experiment
+    trained in); false: float32. The CPU always trains in float32. Not torch.cuda.is_bf16_supported(): it also says
+    yes where bf16 is only emulated (V100, T4), on the current device rather than this one."""
+    if device.type != "cuda" or amp is False:
         return Precision(contextlib.nullcontext, None, "float32")
-    if torch.cuda.get_device_capability(device)[0] >= 8:
+    has_bf16 = torch.cuda.get_device_capability(device)[0] >= 8
+    if amp == "bf16" and not has_bf16:
+        raise UserError(f"[recipe] amp = \"bf16\": {torch.cuda.get_device_name(device)} has no bf16 tensor cores "
+                        "(compute capability 8.0 or later); use amp = \"fp16\" or true")
+    if amp == "bf16" or (amp is True and has_bf16):
         return Precision(lambda: torch.autocast("cuda", dtype=torch.bfloat16), None, "bf16 autocast", torch.bfloat16)
     return Precision(lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda"),
                      "fp16 autocast + loss scaling", torch.float16)

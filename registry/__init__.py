@@ -56,11 +56,14 @@ An entry is a builder ``(**kw) -> masker`` where ``masker(full_mask[H, W], fract
 ``torch.Generator``. The partial mask is int64, of the same shape, equal to ``full_mask`` where labelled and ``-1``
 elsewhere, and depends only on its inputs and the generator's state (the same seed gives the same pixels). The masker
 has a bool attribute ``uses_fraction``; when it is false the fraction is ignored and a grid runs it once, at 1.0.
-A masker may have a method ``check(height, width, fraction)`` that raises :class:`UserError` when its parameters, or
-that fraction, cannot be honoured on tiles of that size (more points than a tile has pixels, a block larger than the
-tile, a fraction that keeps no pixel); the harness calls it for every masker and fraction of a grid (1.0 for a masker
-that ignores the fraction) before anything is trained. Parameters that are wrong whatever the tile (zero,
-negative, of the wrong type) raise :class:`UserError` when the masker is built.
+A masker whose attribute ``takes_tile_index`` is true is called with two more keyword arguments, ``seed`` (the run
+seed) and ``index`` (the tile's position in the training split), for draws that must reproduce another program's
+(``reference_pixels``); it depends only on its inputs then. ``bench.data.draw_partial`` is the one place that calls a
+masker so. A masker may have a method ``check(height, width, fraction)`` that raises :class:`UserError` when its
+parameters, or that fraction, cannot be honoured on tiles of that size (more points than a tile has pixels, a block
+larger than the tile, a fraction that keeps no pixel); the harness calls it for every masker and fraction of a grid
+(1.0 for a masker that ignores the fraction) before anything is trained. Parameters that are wrong whatever the tile
+(zero, negative, of the wrong type) raise :class:`UserError` when the masker is built.
 """
 
 DATASET_CONTRACT = """Datasets.

@@ -100,7 +100,7 @@ def test_create_arch_sets_the_number_of_classes(name):
 
 
 @pytest.mark.parametrize(("upsampling", "millions"), [("bilinear", 17.3), ("transpose", 31.0)])
-def test_unet_parameter_count_matches_the_reference(upsampling, millions):
+def test_unet_parameter_count_matches_milesial_pytorch_unet(upsampling, millions):
     model = registry.create_arch("unet", 5, 3, base_channels=64, depth=5, upsampling=upsampling)
     assert param_count(model) / 1e6 == pytest.approx(millions, abs=0.1)
 
@@ -136,7 +136,7 @@ def test_size_message_names_arch_depth_and_divisor(name):
 
 
 @pytest.mark.parametrize(("base_channels", "millions"), [(32, 9.2), (64, 36.6)])
-def test_unetplusplus_parameter_count_matches_the_reference(base_channels, millions):
+def test_unetplusplus_parameter_count_matches_pytorch_nested_unet(base_channels, millions):
     model = registry.create_arch("unetplusplus", 5, 3, base_channels=base_channels, depth=5)
     assert param_count(model) / 1e6 == pytest.approx(millions, abs=0.1)
 

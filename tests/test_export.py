@@ -60,12 +60,13 @@ def test_csv_has_a_row_per_finished_cell_with_its_stored_values(store_folder, ca
     code, out, _ = export(capsys, "--out", str(store_folder))
     assert code == 0
     reader = csv.DictReader(io.StringIO(out))
-    assert reader.fieldnames[:13] == ["cell_id", "grid", "dataset", "arch", "loss", "masker", "fraction", "seed",
-                                      "status", "labelled_fraction", "best_miou", "final_miou", "test_miou"]
+    assert reader.fieldnames[:14] == ["cell_id", "grid", "dataset", "arch", "loss", "masker", "fraction", "seed",
+                                      "status", "kind", "labelled_fraction", "best_miou", "final_miou", "test_miou"]
     rows = {row["cell_id"]: row for row in reader}
     assert sorted(rows) == ["a0", "a1", "b0"]
     a1, b0 = rows["a1"], rows["b0"]
-    assert (a1["grid"], a1["arch"], a1["masker"], a1["seed"], a1["status"]) == ("g", "unet", "2 points", "1", "done")
+    assert (a1["grid"], a1["arch"], a1["masker"], a1["seed"], a1["status"], a1["kind"]) == (
+        "g", "unet", "2 points", "1", "done", "training")
     assert float(a1["best_miou"]) == 0.54 and float(a1["test_miou"]) == 0.54 - 0.02
     # Per-class lists become a column per class; a class without a score (None) is an empty field.
     assert float(a1["best_iou_background"]) == 0.54 + 0.1 and a1["best_iou_road"] == ""

@@ -22,6 +22,8 @@ COMMANDS = {
     "prune": ["prune", "--grid", "GRID", "--out", "OUT"],
     "prune --delete": ["prune", "--grid", "GRID", "--out", "OUT", "--delete"],
     "show": ["show", "--grid", "GRID", "--out", "OUT", "--tiles", "1"],
+    "evaluate": ["evaluate", "--arch", "unet:base_channels=4,depth=3", "--weights", "WEIGHTS", "--grid", "GRID",
+                 "--out", "OUT", "--device", "cpu"],
 }
 
 
@@ -33,6 +35,14 @@ def finished(tmp_path_factory):
     from bench.cli import main
     assert main(["run", "--grid", str(grid), "--out", str(folder / "runs")]) == 0
     return folder / "runs", grid
+
+
+def argv(command: str, out, grid, weights_from) -> list[str]:
+    """COMMANDS[command] with its places filled: the output folder, the grid, and the best.pt of the finished cell
+    in ``weights_from`` (an output folder)."""
+    (weights,) = weights_from.glob("checkpoints/*/best.pt")
+    places = {"OUT": str(out), "GRID": str(grid), "WEIGHTS": str(weights)}
+    return [places.get(a, a) for a in COMMANDS[command]]
 
 
 def foreign(path, with_cells=False):
@@ -82,19 +92,17 @@ def test_a_file_that_is_not_a_usable_store_is_one_line_and_left_as_it_was(finish
     make, says = BAD_STORES[kind]
     make(store, real_out / "results.sqlite")
     before, files_before = digest(store), side_files(store)
-    argv = [str(out) if a == "OUT" else str(grid) if a == "GRID" else a for a in COMMANDS[command]]
-    code, _, err = run_main(capsys, *argv)
+    code, _, err = run_main(capsys, *argv(command, out, grid, real_out))
     one_line(code, err, 2, str(store), says)
     assert digest(store) == before and side_files(store) == files_before
     assert not (out / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("command", ["run", "export", "leaderboard", "prune"])
+@pytest.mark.parametrize("command", ["run", "export", "leaderboard", "prune", "evaluate"])
 def test_a_folder_in_the_store_s_place_is_one_line(finished, tmp_path, capsys, command):
-    _, grid = finished
+    real_out, grid = finished
     (tmp_path / "runs" / "results.sqlite").mkdir(parents=True)
-    argv = [str(tmp_path / "runs") if a == "OUT" else str(grid) if a == "GRID" else a for a in COMMANDS[command]]
-    code, _, err = run_main(capsys, *argv)
+    code, _, err = run_main(capsys, *argv(command, tmp_path / "runs", grid, real_out))
     one_line(code, err, 2, "results.sqlite is a folder, not a results store")
 
 
@@ -131,9 +139,10 @@ def test_the_reading_commands_work_on_a_read_only_disk_and_the_writing_ones_say_
         assert code == 0 and "finished" in stdout and "a run would stop before training" in stdout
         code, stdout, _ = run_main(capsys, "prune", "--grid", str(grid), "--out", str(out))
         assert code == 0 and "nothing to prune" in stdout
-        for argv in (["run", "--grid", str(grid), "--out", str(out)],
-                     ["prune", "--grid", str(grid), "--out", str(out), "--delete", "--set", "axes.seeds=[1]"]):
-            code, _, err = run_main(capsys, *argv)
+        for writing in (["run", "--grid", str(grid), "--out", str(out)],
+                        ["prune", "--grid", str(grid), "--out", str(out), "--delete", "--set", "axes.seeds=[1]"],
+                        argv("evaluate", out, grid, out)):
+            code, _, err = run_main(capsys, *writing)
             one_line(code, err, 2, str(out), "read-only")
         assert {p.name: digest(p) for p in out.iterdir() if p.is_file()} == before
     assert "grid `grid`" in board.read_text()

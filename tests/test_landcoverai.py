@@ -329,11 +329,14 @@ def test_seed_grid_runs_end_to_end_on_the_fixture(landcoverai_archive, tmp_path)
     with sqlite3.connect(out / "results.sqlite") as db:
         rows = [(json.loads(config), json.loads(metrics))
                 for config, metrics in db.execute("SELECT config, metrics FROM cells WHERE status = 'done'")]
-    assert sorted((c["arch"]["label"], c["fraction"]) for c, _ in rows) == [
-        ("UNet", 0.1), ("UNet", 0.15), ("UNet++", 0.1), ("UNet++", 0.15)]
+    assert sorted((c["arch"]["name"], c["fraction"]) for c, _ in rows) == [
+        ("reference-unet", 0.1), ("reference-unet", 0.15), ("reference-unetplusplus", 0.1),
+        ("reference-unetplusplus", 0.15)]
     for config, metrics in rows:
         assert config["recipe"]["lr"] == 1e-5 and config["recipe"]["class_weights"] == [0.66, 1.27, 1.12, 1.03, 1.91]
-        assert "root" not in config["dataset"]["kwargs"]
+        assert config["recipe"]["amp"] == "fp16" and config["recipe"]["augment"] == ["hflip", "vflip", "rot90_half"]
+        assert config["dataset"]["kwargs"] == {"size": 64, "resize": "bilinear", "normalization": "imagenet"}
+        assert config["masker"]["name"] == "reference_pixels"
         assert metrics["test_tiles"] == len(read_split_ids(landcoverai_archive[0])["test"])
         assert 0 <= metrics["test_miou"] <= 1 and 0 <= metrics["test_per_batch_miou"] <= 1
     text = leaderboard.read_text()

@@ -8,7 +8,7 @@ import torch
 
 import registry
 from bench.cli import main
-from bench.data import partial_masks, tile_generator
+from bench.data import draw_partial, partial_masks, tile_generator
 
 
 def full_mask(seed: int = 0, shape=(24, 32)) -> torch.Tensor:
@@ -30,7 +30,7 @@ def masker(request):
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.5, 1.0])
 def test_contract_partial_copy(masker, fraction):
     for full in (full_mask(), region_mask()):
-        partial = masker(full, fraction, tile_generator(0, 0))
+        partial = draw_partial(masker, full, fraction, 0, 0)
         assert partial.shape == full.shape and partial.dtype == torch.int64
         assert ((partial == full) | (partial == -1)).all()
     assert (partial >= 0).any()  # in the region mask
@@ -38,8 +38,8 @@ def test_contract_partial_copy(masker, fraction):
 
 def test_contract_deterministic_per_generator_seed(masker):
     full = full_mask()
-    a = masker(full, 0.2, tile_generator(7, 3))
-    b = masker(full, 0.2, tile_generator(7, 3))
+    a = draw_partial(masker, full, 0.2, 7, 3)
+    b = draw_partial(masker, full, 0.2, 7, 3)
     assert torch.equal(a, b)
 
 
@@ -49,7 +49,7 @@ def test_contract_declares_whether_fraction_is_used(masker):
 
 def test_contract_uint8_input_keeps_minus_one(masker):
     """-1 must not wrap to 255 when the full mask arrives as uint8."""
-    partial = masker(full_mask().to(torch.uint8), 0.1, tile_generator(0, 0))
+    partial = draw_partial(masker, full_mask().to(torch.uint8), 0.1, 0, 0)
     assert partial.dtype == torch.int64 and partial.max() < 5
 
 

@@ -66,3 +66,14 @@ def test_rows_by_status(store):
     assert [r.cell_id for r in store.rows("done")] == ["a"]
     assert [r.cell_id for r in store.rows("failed")] == ["b"]
     assert len(store.rows(None)) == 3
+
+
+def test_a_row_added_finished_is_done_at_once_and_never_rewritten(store):
+    config = {"kind": "evaluation", "split": "val"}
+    store.add_done("e1", "grid", "synthetic", "label", config, {"device": "cpu"}, {"miou": 0.5})
+    row = store.get("e1")
+    assert row.status == "done" and row.finished_at is not None and row.kind == "evaluation" and row.history == []
+    store.add_done("e1", "grid", "synthetic", "label", config, {"device": "cpu"}, {"miou": 0.1})
+    assert store.get("e1") == row
+    start(store)
+    assert store.get("c1").kind == "training"

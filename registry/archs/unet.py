@@ -1,9 +1,11 @@
 """U-Net (Ronneberger et al., 2015) as in the widely used PyTorch re-implementation (milesial/Pytorch-UNet).
 
-The reference experiment used that implementation; the channel layout follows it so that the parameter counts match
-its published figures: with 3 input channels, base width 64 and depth 5, about 17.3 M parameters with bilinear
-up-sampling and 31.0 M with transposed convolutions. One deliberate difference: bilinear up-sampling here uses
-``align_corners=False`` (the reference used ``True``); it has no parameters, so the counts are unaffected.
+The channel layout follows that implementation, so that the parameter counts match its published figures: with 3
+input channels, base width 64 and depth 5, about 17.3 M parameters with bilinear up-sampling and 31.0 M with
+transposed convolutions. One deliberate difference: bilinear up-sampling here uses ``align_corners=False`` (that
+implementation uses ``True``); it has no parameters, so the counts are unaffected. The reference experiment's UNet
+is not this one but ``reference-unet`` (registry/archs/reference.py): 13.39 M parameters, double convolutions
+``in -> out -> out`` in the decoder, ``align_corners=True``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class Up(nn.Module):
 
     ``in_channels`` counts the concatenation. With ``"transpose"`` the learnt up-sampling halves the deeper feature's
     channels; with ``"bilinear"`` the deeper feature already has half of them and the double convolution's middle
-    width is halved instead, as in the reference.
+    width is halved instead, as in milesial/Pytorch-UNet.
     """
 
     def __init__(self, in_channels: int, out_channels: int, upsampling: str):

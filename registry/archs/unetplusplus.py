@@ -6,6 +6,7 @@ node is a double convolution over all the earlier nodes of its level and the bil
 input channels and depth 5 this comes to about 9.2 M parameters at base width 32 (the paper's configuration) and
 36.6 M at base 64: the figures published for the widely used PyTorch re-implementation (4uiiurz1/pytorch-nested-unet),
 whose convolutions keep a bias that the BatchNorm after them cancels; dropping it here changes the counts by < 0.01 M.
+The reference experiment's UNet++ is another, sparser one: ``reference-unetplusplus`` (registry/archs/reference.py).
 """
 
 from __future__ import annotations

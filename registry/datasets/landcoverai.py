@@ -8,12 +8,23 @@ Two layouts of a copy are accepted (``layout="auto"`` takes the archive's when b
   in ``range(0, W, 512)``, a running index ``k`` advances at every position, and only full 512 x 512 tiles exist, as
   ``{name}_{k}``; so ids have gaps where the right and bottom edges were skipped.
 - **tiles**: the split files and what ``split.py`` wrote, ``{id}.jpg`` and ``{id}_m.png`` (a 3-channel PNG repeating
-  the class), in ``output/`` or in the folder itself.
+  the class), in ``output/``, in ``patches/`` (where the reference experiment's code puts them) or in the folder
+  itself.
 
 The split files decide which tiles exist and in which order. The first use of a copy at a tile size prepares a cache
-(:mod:`registry.datasets.tile_cache`): tiles resized 512 -> ``size`` with an area filter (masks by the pixel under
-each output centre, which never invents a class), validated (mask values 0..4, image and mask sizes), stored as
-memory-mappable uint8 arrays. Later uses open the cache in milliseconds; a source file that changed is prepared again.
+(:mod:`registry.datasets.tile_cache`): tiles resized 512 -> ``size``, validated (mask values 0..4, image and mask
+sizes), stored as memory-mappable uint8 arrays. Later uses open the cache in milliseconds; a source file that changed
+is prepared again.
+
+Two preprocessings, each off by default, give the reference experiment's pipeline (docs/landcoverai.md compares it
+with this project's):
+
+- ``resize``: ``"area"`` (default) filters images by area and gives each mask pixel the class of the source pixel under
+  its centre (no class is blended, no half-pixel shift); ``"bilinear"`` is albumentations' ``Resize``, the
+  reference's: OpenCV bilinear for images, OpenCV nearest for masks (which picks ``floor(i * 512 / size)``, not the
+  centre). Each has a cache of its own.
+- ``normalization``: ``"train"`` (default) scales images by the training split's own per-channel mean and standard
+  deviation; ``"imagenet"`` by ImageNet's, the reference's.
 """
 
 from __future__ import annotations
@@ -37,8 +48,12 @@ CLASS_NAMES = ("background", "building", "woodland", "water", "road")
 SPLITS = ("train", "val", "test")
 SOURCE_TILE = 512  # the side split.py cuts
 LAYOUTS = ("auto", "archive", "tiles")
+RESIZES = ("area", "bilinear")
+NORMALIZATIONS = ("train", "imagenet")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MIN_SIZE = 32
 TILES_PER_UNIT = 256  # tiles layout: tiles per progress record
+TILE_FOLDERS = ("output", "patches")  # tiles layout: where the tiles may be, when not in the folder itself
 _TILE_ID = re.compile(r"^(?P<name>\S+)_(?P<k>\d+)$")
 
 Tile = tuple[str, int, np.ndarray, np.ndarray]  # split, index in the split, image [512, 512, 3], mask [512, 512]
@@ -192,9 +207,9 @@ def archive_units(root: Path, ids: dict[str, list[str]]) -> list[Orthophoto]:
 
 
 def tile_folder(root: Path) -> Path:
-    """Where split.py's tiles are: ``output/`` (where it writes them) or the folder itself."""
-    output = root / "output"
-    return output if output.is_dir() else root
+    """Where split.py's tiles are: ``output/`` (where split.py writes them), ``patches/`` (where the reference
+    experiment's code writes the same tiles, beside the split files), or the folder itself."""
+    return next((root / name for name in TILE_FOLDERS if (root / name).is_dir()), root)
 
 
 def tiles_units(root: Path, ids: dict[str, list[str]]) -> list[TileFiles]:
@@ -219,50 +234,61 @@ def detect_layout(root: Path) -> str:
     if any(name.endswith(".jpg") for name in os.listdir(tile_folder(root))):
         return "tiles"
     raise UserError(f"{root}: neither the archive's layout (images/*.tif and masks/*.tif) nor split.py's tiles "
-                    "({id}.jpg and {id}_m.png, in output/ or in the folder itself)")
+                    "({id}.jpg and {id}_m.png, in output/, patches/ or the folder itself)")
 
 
-def resize_tile(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Area filter for images. Masks take the source pixel under each output pixel's centre (no class is blended,
-    no half-pixel shift); computed here because OpenCV's fixed-point INTER_NEAREST_EXACT misses some centres."""
+def resize_tile(image: np.ndarray, mask: np.ndarray, size: int, method: str = "area") -> tuple[np.ndarray, np.ndarray]:
+    """A source tile at side ``size`` (see the module docstring for ``method``). With ``"area"`` the mask takes the
+    source pixel under each output pixel's centre, computed here because OpenCV's fixed-point INTER_NEAREST_EXACT
+    misses some centres."""
     if image.shape[0] == size:
         return image, mask
+    if method == "bilinear":
+        return (cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR),
+                cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
     source = (np.arange(size) + 0.5) * (mask.shape[0] / size)
     rows = np.floor(source).astype(np.intp)
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), mask[np.ix_(rows, rows)]
 
 
-def _check_arguments(root, size, layout) -> Path:
+def _check_arguments(root, size, layout, resize, normalization) -> Path:
     if root is None:
         raise UserError("dataset 'landcoverai' needs the folder of your LandCover.ai copy: pass --data-root PATH, "
                         "or set root in the grid's [dataset] table")
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= SOURCE_TILE:
         raise UserError(f"landcoverai: size must be an integer from {MIN_SIZE} to {SOURCE_TILE}, not {size!r}")
-    if layout not in LAYOUTS:
-        raise UserError(f"landcoverai: layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    for name, value, allowed in (("layout", layout, LAYOUTS), ("resize", resize, RESIZES),
+                                 ("normalization", normalization, NORMALIZATIONS)):
+        if value not in allowed:
+            raise UserError(f"landcoverai: {name} must be one of {', '.join(allowed)}, not {value!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: LandCover.ai folder not found")
     return root
 
 
-def cache_folder(root: Path, layout: str, size: int, cache_dir: str | Path | None) -> Path:
+def cache_folder(root: Path, layout: str, size: int, resize: str, cache_dir: str | Path | None) -> Path:
     parent = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
-    return parent / f"landcoverai-{layout}-{size}-{digest}"
+    method = "" if resize == "area" or size == SOURCE_TILE else f"{resize}-"  # the area caches keep their old names
+    return parent / f"landcoverai-{layout}-{size}-{method}{digest}"
 
 
 def prepare(root: str | Path | None = None, size: int = 384, layout: str = "auto",
-            cache_dir: str | Path | None = None, progress: Progress | None = None, verify: bool = False) -> TileCache:
-    """Prepare (or resume preparing, or just open) the cache of the copy at ``root`` at tile side ``size``; with
-    ``verify``, every file of a complete cache is checked against its SHA-256 (``bench prepare`` does)."""
-    root = _check_arguments(root, size, layout)
+            cache_dir: str | Path | None = None, progress: Progress | None = None, verify: bool = False,
+            resize: str = "area", normalization: str = "train") -> TileCache:
+    """Prepare (or resume preparing, or just open) the cache of the copy at ``root`` at tile side ``size``, resized
+    by ``resize``; with ``verify``, every file of a complete cache is checked against its SHA-256 (``bench prepare``
+    does). ``normalization`` is only checked: it is applied to batches, not stored."""
+    root = _check_arguments(root, size, layout, resize, normalization)
     ids = read_split_ids(root)
     layout = detect_layout(root) if layout == "auto" else layout
     units = archive_units(root, ids) if layout == "archive" else tiles_units(root, ids)
-    resize = "none" if size == SOURCE_TILE else "image area (OpenCV), mask nearest pixel centre"
-    plan = CachePlan(ids, size, 3, {"dataset": "landcoverai", "layout": layout, "resize": resize})
-    folder = cache_folder(root, layout, size, cache_dir)
+    described = {"area": "image area (OpenCV), mask nearest pixel centre",
+                 "bilinear": "image bilinear (OpenCV), mask nearest (OpenCV)"}
+    plan = CachePlan(ids, size, 3, {"dataset": "landcoverai", "layout": layout,
+                                    "resize": "none" if size == SOURCE_TILE else described[resize]})
+    folder = cache_folder(root, layout, size, resize, cache_dir)
     fingerprints = {unit.key: file_fingerprint(*unit.files) for unit in units}
     cache = TileCache.open_complete(folder, plan, fingerprints, verify)
     if cache is not None:
@@ -279,7 +305,7 @@ def prepare(root: str | Path | None = None, size: int = 384, layout: str = "auto
             count, pixels = 0, 0
             sums, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)
             for split, index, image, mask in unit.read():
-                image, mask = resize_tile(image, mask, size)
+                image, mask = resize_tile(image, mask, size, resize)
                 writer.write(split, index, image, mask)
                 if split == "train":  # normalisation statistics come from the training split alone
                     flat = image.reshape(-1, 3).astype(np.int64)
@@ -310,17 +336,20 @@ def _channel_statistics(payloads) -> tuple[list[float], list[float]]:
 
 
 class LandCoverAI:
-    """A prepared copy of LandCover.ai: splits as read-only memory maps, normalised with its training statistics."""
+    """A prepared copy of LandCover.ai: splits as read-only memory maps, normalised with its training statistics or
+    (``normalization="imagenet"``) ImageNet's."""
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
     in_chans = 3
     splits = SPLITS
 
-    def __init__(self, cache: TileCache):
+    def __init__(self, cache: TileCache, normalization: str = "train"):
         self.cache = cache
-        self.mean = tuple(cache.manifest["mean"])
-        self.std = tuple(cache.manifest["std"])
+        if normalization == "imagenet":
+            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            self.mean, self.std = tuple(cache.manifest["mean"]), tuple(cache.manifest["std"])
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.splits:
@@ -333,10 +362,11 @@ class LandCoverAI:
 
 
 @register_dataset("landcoverai", test_kwargs={"size": 64})
-def landcoverai(root: str | None = None, size: int = 384, layout: str = "auto",
-                cache_dir: str | None = None) -> LandCoverAI:
+def landcoverai(root: str | None = None, size: int = 384, layout: str = "auto", cache_dir: str | None = None,
+                resize: str = "area", normalization: str = "train") -> LandCoverAI:
     """LandCover.ai v1 from the folder ``root``; see the module docstring. Prepares its cache on first use."""
-    return LandCoverAI(prepare(root, size, layout, cache_dir))
+    return LandCoverAI(prepare(root, size, layout, cache_dir, resize=resize, normalization=normalization),
+                       normalization)
 
 
 landcoverai.prepare = prepare  # `bench prepare` and `bench run` call it first, with a progress bar

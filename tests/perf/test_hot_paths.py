@@ -70,9 +70,12 @@ def test_masker(perf, name):
     masker = registry.create_masker(name, **registry.MASKERS.entry(name).test_kwargs)
     masks = list(full_masks(64))
 
+    # A masker that reproduces another program's draws takes the seed and tile index (bench.data.draw_partial).
+    tile = {"seed": 0, "index": 0} if getattr(masker, "takes_tile_index", False) else {}
+
     def mask_batch():
         generator = seeded()  # the same pixels, hence the same work, in every round
-        return [masker(mask, FRACTION, generator) for mask in masks]
+        return [masker(mask, FRACTION, generator, **tile) for mask in masks]
 
     perf(mask_batch, rounds=40)
 
