@@ -29,16 +29,11 @@ from bench.provenance import provenance
 from bench.runner import checked
 from bench.store import EVALUATION, CellRow, ResultStore
 from bench.tables import Listing
-from bench.train import Precision, choose_precision, clock, evaluate
+from bench.train import Precision, choose_precision, clock, eval_batch_size, evaluate
 from bench.weights import load_into, read_state_dict
 from registry.errors import UserError
 
 EVALUATED_SPLITS = ("val", "test")  # the fully labelled splits a grid's dataset may have
-
-
-def eval_batch_size(recipe: dict[str, Any]) -> int:
-    """The batch a recipe evaluates in: its ``eval_batch_size``, else twice its training batch."""
-    return recipe["eval_batch_size"] or 2 * recipe["batch_size"]
 
 
 @dataclass

@@ -182,6 +182,11 @@ def evaluate(model, images: np.ndarray, masks: np.ndarray, num_classes: int, nor
             "per_batch_miou": per_batch.value(), "confusion_matrix": cm.cpu().tolist()}
 
 
+def eval_batch_size(recipe: dict[str, Any]) -> int:
+    """The batch a recipe evaluates in: its ``eval_batch_size``, else twice its training batch."""
+    return recipe["eval_batch_size"] or 2 * recipe["batch_size"]
+
+
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA allocated"
@@ -230,7 +235,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     val_images, val_masks = eval_tiles(data.val_images, data.val_masks, data_path, device)
     optimizer = build_optimizer(model, recipe, device)
     schedule = build_schedule(optimizer, recipe, len(batches))
-    eval_batch_size = recipe["eval_batch_size"] or 2 * recipe["batch_size"]
+    eval_batch = eval_batch_size(recipe)
     total_steps = max(1, recipe["epochs"] * len(batches))
 
     history: list[dict[str, Any]] = []
@@ -285,7 +290,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {recipe['lr']})")
 
         started = clock(device)
-        result = evaluate(evaluated, val_images, val_masks, data.num_classes, normalize, eval_batch_size, precision)
+        result = evaluate(evaluated, val_images, val_masks, data.num_classes, normalize, eval_batch, precision)
         eval_seconds = clock(device) - started
         history.append({
             "epoch": epoch + 1, "train_loss": train_loss, "miou": result["miou"], "accuracy": result["accuracy"],
@@ -319,7 +324,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     if data.has_test:  # a run stopped here resumes with the test evaluation, without training again
         test_images, test_masks = eval_tiles(data.test_images, data.test_masks, data_path, device)
         metrics.update(evaluate_best_on_test(model, evaluated, best, (test_images, test_masks),
-                                             data.num_classes, normalize, eval_batch_size, precision))
+                                             data.num_classes, normalize, eval_batch, precision))
     metrics["peak_memory_mb"], metrics["peak_memory_kind"] = peak_memory_mb(device)
     return history, metrics
 
@@ -390,7 +395,8 @@ def eval_tiles(images: np.ndarray, masks: np.ndarray, data_path: str, device: to
 def summarize(history: list[dict[str, Any]], data: CellData, images_per_epoch: int, precision: str) -> dict[str, Any]:
     """The cell's figures from its per-epoch history. The first epoch (warm-up, autotuning) is reported apart from the
     median of the others."""
-    best = max(history, key=lambda h: h["miou"])
+    # The last of tied epochs, the one best.pt keeps (train_cell replaces the best on a tie).
+    best = max(reversed(history), key=lambda h: h["miou"])
     final = history[-1]
     train_times = [h["train_seconds"] for h in history]
     steady = train_times[1:] or train_times

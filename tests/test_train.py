@@ -14,7 +14,7 @@ from bench.data import Normalizer
 from bench.grid import parse_grid
 from bench.runner import GridData, RunEvents, run_grid
 from bench.store import ResultStore
-from bench.train import CellData, Precision, choose_precision, evaluate_best_on_test, train_cell
+from bench.train import CellData, Precision, choose_precision, evaluate_best_on_test, summarize, train_cell
 
 EPOCHS = 3
 GRID = f"""\
@@ -202,3 +202,16 @@ def test_precision_follows_the_gpus_compute_capability(monkeypatch, capability, 
     assert asked == [torch.device("cuda", 1)]  # this cell's GPU, not the current one
     assert choose_precision(torch.device("cuda", 1), amp=False).name == "float32"
     assert choose_precision(torch.device("cpu"), amp=True).dtype == torch.float32
+
+
+def test_summary_names_the_best_epoch_that_best_pt_keeps_when_epochs_tie():
+    """train_cell keeps the later of two epochs with the same mIoU in best.pt (and tests it): the summary's best
+    epoch must be that one."""
+    tiles = np.zeros((2, 8, 8, 3), np.uint8)
+    data = CellData(tiles, np.zeros((2, 8, 8), np.int8), tiles, np.zeros((2, 8, 8), np.uint8), 5, (0.5,) * 3,
+                    (0.2,) * 3)
+    history = [{"epoch": epoch, "miou": miou, "accuracy": 0.5, "iou": [miou] * 5, "per_batch_miou": miou,
+                "confusion_matrix": [], "train_seconds": 1.0, "eval_seconds": 1.0}
+               for epoch, miou in ((1, 0.3), (2, 0.4), (3, 0.4), (4, 0.2))]
+    summary = summarize(history, data, 2, "float32")
+    assert (summary["best_epoch"], summary["best_miou"], summary["final_miou"]) == (3, 0.4, 0.2)
