@@ -357,20 +357,29 @@ def builder_failure(kind: str, component: Component, err: Exception) -> str:
 # -- overrides --------------------------------------------------------------------------------------------------------
 
 
+def command_line_value(text: str) -> Any:
+    """A value typed on the command line (``--set``, ``--arch``), read as TOML (``1e-4``, ``[0, 1]``, ``"adamw"``,
+    ``{name = "unet", base_channels = 8}``); a bare word that is not TOML (``adamw``, ``/data/x``) is a string.
+    Anything else raises ValueError."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        if _BARE_WORD.match(text):
+            return text
+        raise ValueError(f"{text!r} is not a TOML value (quote strings that hold spaces or punctuation: "
+                         "'KEY=\"a b\"')") from None
+
+
 def parse_override(argument: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> (dotted key, value): the value is read as TOML (``1e-4``, ``[0, 1]``, ``"adamw"``,
-    ``{name = "unet", base_channels = 8}``); a bare word that is not TOML (``adamw``, ``/data/x``) is a string."""
+    """``KEY=VALUE`` -> (dotted key, value), the value read by :func:`command_line_value`."""
     key, equals, text = argument.partition("=")
     key, text = key.strip(), text.strip()
     if not equals or not _OVERRIDE_KEY.match(key):
         raise UserError(f"--set {argument}: expected KEY=VALUE with a dotted KEY, such as recipe.lr=1e-4")
     try:
-        return key, tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        if _BARE_WORD.match(text):
-            return key, text
-        raise UserError(f"--set {argument}: {text!r} is not a TOML value (quote strings that hold spaces or "
-                        "punctuation: 'KEY=\"a b\"')") from None
+        return key, command_line_value(text)
+    except ValueError as err:
+        raise UserError(f"--set {argument}: {err}") from None
 
 
 def apply_override(data: dict, key: str, value: Any, origin: str, where: _Locator) -> None:

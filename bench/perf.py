@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import statistics
-import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -29,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import registry
 from bench.data import AugmentedTiles, Normalizer, TrainBatches
 from bench.device_data import DeviceBatches
-from bench.grid import Component
+from bench.grid import Component, command_line_value
 from bench.provenance import device_name
 from bench.tables import Listing
 from bench.train import LoaderBatches, backward_and_step, build_optimizer, choose_precision, clock, supervised_loss
@@ -219,7 +218,7 @@ def run_perf(config: PerfConfig, device: torch.device) -> dict[str, Any]:
 
 def parse_arch_spec(spec: str):
     """``unet:base_channels=64,upsampling=bilinear`` -> a Component; values are TOML (lists and tables too:
-    ``tu-resnet18:decoder_channels=[128,64,32,16,8]``), or bare strings."""
+    ``tu-resnet18:decoder_channels=[128,64,32,16,8]``), or bare words, as ``--set`` reads them."""
     name, _, arguments = spec.partition(":")
     kwargs = {}
     for argument in filter(None, top_level_split(arguments)):
@@ -227,9 +226,9 @@ def parse_arch_spec(spec: str):
         if not equals or not key.strip():
             raise UserError(f"--arch {spec}: expected NAME:KEY=VALUE,KEY=VALUE")
         try:
-            kwargs[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            kwargs[key.strip()] = text.strip()
+            kwargs[key.strip()] = command_line_value(text.strip())
+        except ValueError as err:
+            raise UserError(f"--arch {spec}: {err}") from None
     builder = registry.ARCHS.entry(name).builder  # an unknown name is answered with the close matches
     try:
         kwargs = canonical_arguments(registry.ARCHS.kind, name, builder, kwargs)

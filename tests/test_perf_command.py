@@ -108,6 +108,9 @@ def test_on_the_cpu_the_default_workload_is_the_default_grid_s(tmp_path):
     (["--arch", "unte"], "did you mean 'unet'"),
     (["--arch", "unet:base_channels=4", "--size", "40"], "divisible by 16"),
     (["--arch", "unet:base_channels"], "expected NAME:KEY=VALUE"),
+    # read as --set reads values: neither TOML nor a bare word is refused, not taken as a string
+    (["--arch", "unet:upsampling=two words"], "--arch unet:upsampling=two words: 'two words' is not a TOML value"),
+    (["--arch", "unet:base_channels=[4"], "'[4' is not a TOML value"),
 ])
 def test_bad_perf_arguments_are_one_line_exit_2(args, message, capsys, tmp_path):
     assert main(["perf", *args, "--device", "cpu", "--json", str(tmp_path / "p.json")]) == 2
