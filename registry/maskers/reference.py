@@ -34,12 +34,13 @@ class ReferencePixels:
         self.source_size = None if source_size is None else positive_int("reference_pixels", "source_size",
                                                                           source_size)
 
-    def kept_count(self, height: int, width: int, fraction: float) -> int:
-        side = (self.source_size, self.source_size) if self.source_size else (height, width)
-        return int(fraction * side[0] * side[1])
+    def source_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The shape the labels are drawn on, for a tile of ``height`` x ``width``."""
+        return (self.source_size, self.source_size) if self.source_size else (height, width)
 
     def check(self, height: int, width: int, fraction: float = 1.0) -> None:
-        if self.kept_count(height, width, fraction) == 0:
+        source = self.source_shape(height, width)
+        if int(fraction * source[0] * source[1]) == 0:
             raise UserError(f"masker 'reference_pixels': {100 * fraction:.4g} % of the source tile keeps no pixel "
                             "(int() of the count is 0): no label to train on")
 
@@ -47,10 +48,10 @@ class ReferencePixels:
                  index: int) -> torch.Tensor:
         check_fraction("reference_pixels", fraction)
         height, width = full_mask.shape
-        source = (self.source_size, self.source_size) if self.source_size else (height, width)
+        source = self.source_shape(height, width)
         pixels = source[0] * source[1]
         kept = np.zeros(pixels, dtype=np.uint8)
-        kept[np.random.RandomState(seed + index).permutation(pixels)[:self.kept_count(height, width, fraction)]] = 1
+        kept[np.random.RandomState(seed + index).permutation(pixels)[:int(fraction * pixels)]] = 1
         kept = kept.reshape(source)
         if source != (height, width):
             kept = cv2.resize(kept, (width, height), interpolation=cv2.INTER_NEAREST)
