@@ -1,8 +1,9 @@
 """One cell's training as a job that any executor can run: in the driver's process, in a worker process on one GPU,
 or in a Ray task on another machine.
 
-A job reports as it goes (started, each epoch, steps) through a callback and returns a :class:`JobResult`; it never
-writes the results store, which only the driver does. Everything in a job is picklable, so it can cross processes.
+A job reports as it goes through a callback, with the messages below (:data:`JobMessage`: started, each epoch,
+steps, warnings), and returns a :class:`JobResult`; it never writes the results store, which only the driver does.
+Everything in a job, its messages and its result is picklable, so it can cross processes.
 """
 
 from __future__ import annotations
@@ -24,14 +25,41 @@ import torch
 import registry
 from bench import checkpoints
 from bench.data import partial_masks
-from bench.grid import Cell, Grid
+from bench.identity import Cell, Grid
 from bench.provenance import provenance
 from bench.train import CellData, train_cell
+from registry.errors import where_raised
 from registry.locks import writers_lock
 
-# report(cell_id, kind, payload): kind "started" {"where", "provenance"}, "epoch" {"history"}, "step" {"step", "total"},
-# "warning" {"message"} (a damaged checkpoint set aside, say)
-Report = Callable[[str, str, dict[str, Any]], None]
+
+@dataclass(frozen=True)
+class Started:
+    cell_id: str
+    host: str  # the machine and device, as shown to the user: "node-3 cuda:1"
+    provenance: dict[str, Any]  # bench.provenance.provenance() on that machine
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    cell_id: str
+    history: list[dict[str, Any]]  # every epoch so far, this one last
+
+
+@dataclass(frozen=True)
+class Step:
+    cell_id: str
+    step: int
+    total: int  # steps in the epoch
+
+
+@dataclass(frozen=True)
+class Warned:
+    cell_id: str
+    message: str  # one line: a damaged checkpoint set aside, say
+
+
+JobMessage = Started | EpochDone | Step | Warned
+Report = Callable[[JobMessage], None]
 
 
 class GridData:
@@ -128,17 +156,16 @@ def run_job(job: CellJob, device: torch.device, report: Report,
     root = job.checkpoint_root if shared else Path(tempfile.gettempdir()) / "partialseg-checkpoints"
     checkpoint_dir = root / cell.cell_id
     with writers_lock(root):
-        report(cell.cell_id, "started", {"where": f"{socket.gethostname()} {device}",
-                                         "provenance": provenance(device)})
+        report(Started(cell.cell_id, f"{socket.gethostname()} {device}", provenance(device)))
         try:
             history, metrics = train_cell(
                 cell, grid_data(job.grid).for_cell(cell), device, checkpoint_dir,
-                on_epoch=lambda history: report(cell.cell_id, "epoch", {"history": history}),
-                on_step=lambda step, total: report(cell.cell_id, "step", {"step": step, "total": total}),
-                on_warning=lambda message: report(cell.cell_id, "warning", {"message": message}))
+                on_epoch=lambda history: report(EpochDone(cell.cell_id, history)),
+                on_step=lambda step, total: report(Step(cell.cell_id, step, total)),
+                on_warning=lambda message: report(Warned(cell.cell_id, message)))
         except SystemExit as err:  # a plugin's sys.exit() ends its cell, not the run, and never silently
             return JobResult(cell.cell_id, [], None, f"SystemExit: sys.exit({err.code!r}) was called while training "
-                             f"the cell (by {_caller(err)})", traceback.format_exc())
+                             f"the cell (by {where_raised(err)})", traceback.format_exc())
         except Exception as err:  # one broken cell must not stop the grid: the driver records why, and goes on
             fault = disk_fault(err)
             if fault is None and not recoverable(err):
@@ -150,9 +177,3 @@ def run_job(job: CellJob, device: torch.device, report: Report,
             best = (checkpoint_dir / checkpoints.BEST).read_bytes()
             checkpoints.remove_resume_state(checkpoint_dir)
     return JobResult(cell.cell_id, history, metrics, best_checkpoint=best)
-
-
-def _caller(err: BaseException) -> str:
-    """Where an exception was raised: ``file line N``."""
-    frame = traceback.extract_tb(err.__traceback__)[-1]
-    return f"{frame.filename} line {frame.lineno}"

@@ -8,13 +8,11 @@ with nothing half-written, and the same command resumes a run.
 from __future__ import annotations
 
 import argparse
-import difflib
+import contextlib
 import json
-import shutil
 import signal
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -22,17 +20,29 @@ from rich.console import Console
 
 import registry
 from bench import distributed
+from bench.checks import check_grid
 from bench.entry import EXIT_INTERRUPTED, EXIT_USER_ERROR, CtrlC
 from bench.evaluate import EVALUATED_SPLITS, figures_listings, heading, prepare_evaluation, stored_on
-from bench.executors import DevicePoolExecutor, DistributedExecutor, Executor, SequentialExecutor, follow, parse_devices
+from bench.executors import (
+    DevicePoolExecutor,
+    DistributedExecutor,
+    Executor,
+    SequentialExecutor,
+    parse_devices,
+    train_announced_cells,
+)
 from bench.export import FORMATS, read_export
-from bench.grid import list_grids, load_grid
+from bench.grid import load_grid
+from bench.grid_files import list_grids
 from bench.leaderboard import PLOTS_FOLDER, write_leaderboard
-from bench.runner import STORE_NAME, check_grid, exclusive, resolve_device, run_grid
+from bench.outputs import OutputFolder
+from bench.plots import plot_names, show_names
+from bench.runner import Broadcast, resolve_device, run_cells
 from bench.store import ResultStore, stale_rows
 from bench.tables import Listing, show
+from bench.trackers import open_trackers
 from registry.core import filter_names
-from registry.errors import UserError
+from registry.errors import UserError, where_raised
 from registry.files import require_writable_file, require_writable_folder, write_atomically
 
 # bench perf's workload where the options leave it open: (architectures, tile side, batch). On a GPU the reference
@@ -74,20 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument("--leaderboard", type=Path,
                          help="where to write the leaderboard, its plots beside it in plots/ (default: "
                               "OUT/leaderboard.md)")
+    grid_file = argparse.ArgumentParser(add_help=False)
+    grid_file.add_argument("--grid", required=True,
+                           help="a grid name (see `bench list grids`) or a path to a TOML file")
+    grid_file.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                           help="override a value of the grid file: a dotted key and a TOML value, e.g. "
+                                "recipe.lr=1e-4, 'axes.seeds=[0, 1]'; repeatable")
+    data_root = argparse.ArgumentParser(add_help=False)
+    data_root.add_argument("--data-root", type=Path, metavar="PATH",
+                           help="the folder of the dataset's files (sets its root; not part of the cells' identity)")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
     parser = Parser(prog="bench", description="Segmentation under partial supervision: a benchmark.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", parents=[plugins, outputs], help="run every unfinished cell of a grid")
-    run.add_argument("--grid", required=True, help="a grid name (see `bench list grids`) or a path to a TOML file")
-    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    run = commands.add_parser("run", parents=[plugins, outputs, grid_file, data_root, device],
+                              help="run every unfinished cell of a grid")
     run.add_argument("--epochs", type=positive_int,
                      help="override the grid's number of epochs (the same as --set recipe.epochs=N)")
-    run.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                     help="override a value of the grid file: a dotted key and a TOML value, e.g. recipe.lr=1e-4, "
-                          "'axes.seeds=[0, 1]'; repeatable")
-    run.add_argument("--data-root", type=Path, metavar="PATH",
-                     help="the folder of the dataset's files (sets its root; not part of the cells' identity)")
+    run.add_argument("--track", action="append", default=[], metavar="TRACKER[:URI]",
+                     help="also log the run to an experiment tracker: mlflow (a store in OUT; mlflow:URI for a server "
+                          "or another store) or tensorboard (OUT/tensorboard); repeatable (docs/tracking.md)")
     run.add_argument("--dry-run", action="store_true", help="check the grid and list its cells; train nothing")
     scale = run.add_argument_group("where the cells run (docs/scale-out.md)")
     scale.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -125,38 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
                                                           ".json, else csv)")
     export.add_argument("--output", "-o", default="-", metavar="PATH", help="file to write (default: standard output)")
 
-    prune = commands.add_parser("prune", parents=[outputs],
+    prune = commands.add_parser("prune", parents=[outputs, grid_file],
                                 help="list (and with --delete, forget) stored cells that a grid no longer has")
-    prune.add_argument("--grid", required=True, help="a grid name (see `bench list grids`) or a path to a TOML file")
-    prune.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                       help="override a value of the grid file, as for bench run; repeatable")
     prune.add_argument("--delete", action="store_true",
                        help="remove them from the store, with their checkpoints, and regenerate the leaderboard")
 
-    show = commands.add_parser("show", parents=[plugins, outputs],
+    show = commands.add_parser("show", parents=[plugins, outputs, grid_file, data_root, device],
                                help="draw a grid's annotations, and its best cells' predictions, beside the plots")
-    show.add_argument("--grid", required=True, help="a grid name (see `bench list grids`) or a path to a TOML file")
-    show.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                      help="override a value of the grid file, as for bench run; repeatable")
-    show.add_argument("--data-root", type=Path, metavar="PATH", help="the folder of the dataset's files, as for run")
     show.add_argument("--tiles", type=positive_int, default=3, help="tiles per figure (default: 3)")
-    show.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
-    evaluate = commands.add_parser("evaluate", parents=[plugins, outputs],
-                                   help="score weights trained elsewhere on a grid's dataset, and store the figures")
+    evaluate = commands.add_parser("evaluate", parents=[plugins, outputs, grid_file, data_root, device],
+                                   help="score weights trained elsewhere on a grid's dataset, and store the figures",
+                                   description="Score weights trained elsewhere on a split of a grid's dataset, with "
+                                               "the grid's normalisation, evaluation batch and precision, and store "
+                                               "the figures.")
     evaluate.add_argument("--arch", required=True, metavar="NAME[:KEY=VALUE,...]",
                           help="the architecture the weights are for, as for bench perf, e.g. unet:base_channels=64")
     evaluate.add_argument("--weights", required=True, type=Path, metavar="PATH",
                           help="a torch.save file: a state_dict, or a dict with one under model_state_dict or model")
-    evaluate.add_argument("--grid", required=True,
-                          help="the grid whose dataset, normalisation, evaluation batch and precision are used: a "
-                               "name (see `bench list grids`) or a path to a TOML file")
     evaluate.add_argument("--split", choices=EVALUATED_SPLITS, default="val", help="the split scored (default: val)")
-    evaluate.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                          help="override a value of the grid file, as for bench run; repeatable")
-    evaluate.add_argument("--data-root", type=Path, metavar="PATH",
-                          help="the folder of the dataset's files, as for run")
-    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
     prepare = commands.add_parser("prepare", parents=[plugins],
                                   help="convert a dataset once into the cache that training reads")
@@ -169,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--cache-dir", type=Path,
                          help="where caches go (default: $PARTIALSEG_CACHE or ~/.cache/partialseg-bench)")
 
-    perf = commands.add_parser("perf", parents=[plugins], help="measure training and evaluation speed on this device")
+    perf = commands.add_parser("perf", parents=[plugins, device],
+                               help="measure training and evaluation speed on this device")
     perf.add_argument("--arch", action="append", dest="archs", metavar="NAME[:KEY=VALUE,...]",
                       help="an architecture and its arguments, e.g. unet:base_channels=64; repeatable (default: "
                            f"{' and '.join(PERF_DEFAULTS['cuda'][0])} on a GPU, "
@@ -182,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--warmup", type=positive_int, default=5, help="untimed steps first (default: 5)")
     perf.add_argument("--repeats", type=positive_int, default=3,
                       help="measurements (epochs) per data path; the median is reported (default: 3)")
-    perf.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     perf.add_argument("--compile", action="store_true", help="torch.compile the model (compile time reported apart)")
     perf.add_argument("--workers", type=int,
-                      help="DataLoader workers of the loader path (default: 8 on CUDA, 0 on CPU)")
+                      help="DataLoader workers of the loader path (default: one per CPU core, at most 8, on CUDA; 0 on "
+                           "the CPU)")
     perf.add_argument("--json", type=Path, default=Path("perf.json"), help="where to write the figures (perf.json)")
     return parser
 
@@ -237,15 +243,9 @@ def describe_os_error(err: OSError) -> str:
     return f"{names}: {err.strerror or err}" if names else str(err.strerror or err)
 
 
-def where_raised(err: BaseException) -> str:
-    frame = traceback.extract_tb(err.__traceback__)[-1]
-    return f"{frame.filename} line {frame.lineno}"
-
-
 def leaderboard_path(args: argparse.Namespace) -> Path:
-    """``--leaderboard``, by default ``OUT/leaderboard.md``: a run never writes over the published leaderboard
-    unless asked to."""
-    return args.leaderboard if args.leaderboard is not None else args.out / "leaderboard.md"
+    """``--leaderboard``, by default the output folder's."""
+    return args.leaderboard if args.leaderboard is not None else OutputFolder(args.out).leaderboard
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -260,41 +260,51 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     from bench.progress import RichEvents  # rich's live display is only needed here
 
     grid = load_grid(args.grid, epochs=args.epochs, overrides=args.overrides, data_root=args.data_root)
+    out = OutputFolder(args.out)
     device = resolve_device(args.device)
     if not args.dry_run:
         check_outputs(args)
     if args.ddp and not args.dry_run:
         device = check_ddp_options(args, device)
         if not distributed.is_main():  # rank 0 runs the grid below; the others train along with it
-            follow(grid, args.out, device, plugin_paths(args))
+            train_announced_cells(grid, out, device, plugin_paths(args))
             return 0
+    trackers = [] if args.dry_run else open_trackers(args.track, out)
     executor = None if args.dry_run else build_executor(args, device)
     try:
         # before the run's live display: a dataset that reads files prepares its cache once, with its own bar
         prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
         if args.dry_run:
             check_grid(grid)
-            show_cells(grid, args.out / STORE_NAME, console, args.grid)
+            show_cells(grid, out, console, args.grid)
             try:  # a dry run writes nothing, and reads a store on a read-only disk: it says what a run would meet
                 check_outputs(args)
             except UserError as err:
                 console.print(f"[yellow]a run would stop before training[/]: {err}", highlight=False, soft_wrap=True)
             return 0
         events = RichEvents(console)
-        with events:
-            summary = run_grid(grid, args.out, device, events, executor)
+        board = leaderboard_path(args)
+        data = check_grid(grid)  # before the store is made: a grid that cannot run leaves no trace
+        # The folder stays held until the leaderboard is written: it shows this run's cells, and its figures.
+        with out.held() as store, contextlib.ExitStack() as tracking:
+            for tracker in trackers:
+                tracking.enter_context(tracker)
+            with events:
+                summary = run_cells(grid, data, out, store, device, Broadcast(events, *trackers), executor)
+            if events.results:
+                show(console, events.summary())
+            try:
+                draw_figures(grid, out, store, board, device, console)
+            except Exception as err:  # noqa: BLE001  (the figures are extras: the leaderboard must not depend on them)
+                console.print(f"[yellow]figures not drawn[/]: {type(err).__name__}: {err}", soft_wrap=True)
+            write_leaderboard_of(store, board, console, f"{len(summary.done)} cells run, {len(summary.skipped)} "
+                                 f"already finished, {len(summary.failed)} failed; ")
+            figures = [board.parent / PLOTS_FOLDER / name for names in (plot_names, show_names)
+                       for name in names(grid.dataset.name, grid.name).values()]
+            for tracker in trackers:
+                tracker.leaderboard_written(board, [figure for figure in figures if figure.exists()])
     finally:
         getattr(executor, "shutdown", lambda: None)()
-    if events.results:
-        show(console, events.summary())
-    board = leaderboard_path(args)
-    try:  # from this store, so that the leaderboard never links another run's figures
-        draw_figures(grid, args.out, board, device, console)
-    except Exception as err:  # noqa: BLE001  (the figures are extras: the leaderboard must not depend on them)
-        console.print(f"[yellow]figures not drawn[/]: {type(err).__name__}: {err}", soft_wrap=True)
-    regenerate(args.out, board)
-    console.print(f"{len(summary.done)} cells run, {len(summary.skipped)} already finished, "
-                  f"{len(summary.failed)} failed; leaderboard written to {board}", highlight=False, soft_wrap=True)
     return 1 if summary.failed else 0
 
 
@@ -332,11 +342,10 @@ def build_executor(args: argparse.Namespace, device) -> Executor:
     return SequentialExecutor(device, plugins)
 
 
-def show_cells(grid, store_path: Path, console: Console, grid_argument: str) -> None:
+def show_cells(grid, out: OutputFolder, console: Console, grid_argument: str) -> None:
     """The cells of a grid and what a run would do with each, and how many stored cells of the grid's name it no
     longer has; reads the store without writing it."""
-    store = ResultStore(store_path, readonly=True) if store_path.exists() else None
-    try:
+    with out.reading() as store:
         listing = Listing(f"grid {grid.name}: {len(grid.cells)} cells", ("cell id", "cell", "state"))
         for cell in grid.cells:
             row = store.find(cell) if store else None
@@ -344,9 +353,6 @@ def show_cells(grid, store_path: Path, console: Console, grid_argument: str) -> 
             listing.rows.append((cell.cell_id, cell.label, state))
         show(console, listing)
         stale, elsewhere = stale_rows(grid, store) if store is not None else ([], [])
-    finally:
-        if store is not None:
-            store.close()
     if stale:
         console.print(f"{len(stale)} stored cells of grid {grid.name} are not in it any more: "
                       f"`bench prune --grid {grid_argument}` lists them", highlight=False, soft_wrap=True)
@@ -365,32 +371,30 @@ def command_show(args: argparse.Namespace, console: Console) -> int:
     """bench.show's two figures for the grid (bench run draws them too, after the grid), then the leaderboard, which
     links them, regenerated when there is a store."""
     grid = load_grid(args.grid, overrides=args.overrides, data_root=args.data_root)
-    board = leaderboard_path(args)
+    out, board = OutputFolder(args.out), leaderboard_path(args)
     require_writable_folder(board.parent / PLOTS_FOLDER, "--leaderboard's plots folder")
     prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
-    for path in draw_figures(grid, args.out, board, resolve_device(args.device), console, args.tiles):
-        console.print(f"written {path}", highlight=False)
-    if (args.out / STORE_NAME).exists():
-        regenerate(args.out, board)
-        console.print(f"leaderboard written to {board}", highlight=False)
+    with out.reading() as store:
+        for path in draw_figures(grid, out, store, board, resolve_device(args.device), console, args.tiles):
+            console.print(f"written {path}", highlight=False)
+        if store is not None:
+            write_leaderboard_of(store, board, console)
     return 0
 
 
-def draw_figures(grid, out: Path, leaderboard: Path, device, console: Console, tiles: int = 3) -> list[Path]:
-    """bench.show's figures of the grid from the store and checkpoints in ``out``, into the leaderboard's plots
-    folder; says which finished cells it could not draw. Returns the files written."""
+def draw_figures(grid, out: OutputFolder, store: ResultStore | None, leaderboard: Path, device, console: Console,
+                 tiles: int = 3) -> list[Path]:
+    """bench.show's figures of the grid from ``store`` (None: the folder has none yet) and the checkpoints of ``out``,
+    into the leaderboard's plots folder; says which finished cells it could not draw. Returns the files written."""
     from bench.show import write_figures  # drawing from checkpoints is only needed here
 
-    rows = []
-    if (out / STORE_NAME).exists():
-        with ResultStore(out / STORE_NAME, readonly=True) as store:
-            rows = store.rows("done")
+    rows = store.rows("done") if store is not None else []
     (leaderboard.parent / PLOTS_FOLDER).mkdir(parents=True, exist_ok=True)
     with console.status(f"drawing grid {grid.name}"):
-        written, missing = write_figures(grid, rows, out / "checkpoints", leaderboard.parent / PLOTS_FOLDER, tiles,
+        written, missing = write_figures(grid, rows, out.checkpoints, leaderboard.parent / PLOTS_FOLDER, tiles,
                                          device)
     for label in missing:
-        console.print(f"[yellow]not drawn[/]: {label} (no whole best.pt of its annotation in {out / 'checkpoints'})",
+        console.print(f"[yellow]not drawn[/]: {label} (no whole best.pt of its annotation in {out.checkpoints})",
                       highlight=False, soft_wrap=True)
     return written
 
@@ -399,10 +403,8 @@ def command_prune(args: argparse.Namespace, console: Console) -> int:
     """List the stale cells of a grid (see stale_rows), reading the store only; with --delete, forget them and their
     checkpoints, holding the output folder as a run does, and regenerate the leaderboard."""
     grid = load_grid(args.grid, overrides=args.overrides)
-    store_path = args.out / STORE_NAME
-    if not store_path.exists():
-        raise UserError(f"no results store at {store_path}: nothing to prune")
-    with ResultStore(store_path, readonly=True) as store:
+    out = OutputFolder(args.out)
+    with out.require_store("nothing to prune") as store:
         stale, elsewhere = stale_rows(grid, store)
     say_elsewhere(console, grid, elsewhere)
     if not stale:
@@ -418,13 +420,10 @@ def command_prune(args: argparse.Namespace, console: Console) -> int:
         return 0
     board = leaderboard_path(args)
     require_writable_file(board, "--leaderboard")
-    with exclusive(args.out), ResultStore(store_path) as store:
+    with out.held() as store:
         stale, _ = stale_rows(grid, store)  # again, holding the folder: what a run may have finished since
-        store.delete([row.cell_id for row in stale])
-        for row in stale:
-            shutil.rmtree(args.out / "checkpoints" / row.cell_id, ignore_errors=True)
-    regenerate(args.out, board)
-    console.print(f"{len(stale)} cells forgotten; leaderboard written to {board}", highlight=False)
+        out.forget(store, [row.cell_id for row in stale])
+        write_leaderboard_of(store, board, console, f"{len(stale)} cells forgotten; ")
     return 0
 
 
@@ -440,19 +439,18 @@ def command_evaluate(args: argparse.Namespace, console: Console) -> int:
     check_outputs(args)
     prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
     evaluation = prepare_evaluation(grid, arch, args.weights, args.split, device)
-    with exclusive(args.out), ResultStore(args.out / STORE_NAME) as store:
+    board = leaderboard_path(args)
+    with OutputFolder(args.out).held() as store:
         row = store.get(evaluation.cell_id)
         if row is None:
             with console.status(f"evaluating {evaluation.label} on {device}"):
                 row = evaluation.store_in(store, evaluation.score())
         else:
             console.print(f"already evaluated: the figures stored on {stored_on(row)}", highlight=False)
-    console.print(heading(row), highlight=False, soft_wrap=True)
-    for listing in figures_listings(row):
-        show(console, listing)
-    board = leaderboard_path(args)
-    regenerate(args.out, board)
-    console.print(f"leaderboard written to {board}", highlight=False)
+        console.print(heading(row), highlight=False, soft_wrap=True)
+        for listing in figures_listings(row):
+            show(console, listing)
+        write_leaderboard_of(store, board, console)
     return 0
 
 
@@ -506,8 +504,8 @@ def command_prepare(args: argparse.Namespace, console: Console) -> int:
 
 
 def command_perf(args: argparse.Namespace, console: Console) -> int:
+    from bench.models import build_without_weights
     from bench.perf import PerfConfig, parse_arch_spec, perf_listing, run_perf
-    from bench.runner import build_without_weights
 
     require_writable_file(args.json, "--json")
     device = resolve_device(args.device)
@@ -534,18 +532,8 @@ def command_export(args: argparse.Namespace, console: Console) -> int:
     standard output or a file; reads the store without writing it."""
     if args.output != "-":
         require_writable_file(Path(args.output), "--output")
-    store_path = args.out / STORE_NAME
-    if not store_path.exists():
-        raise UserError(f"no results store at {store_path}: run `bench run --grid NAME` first")
-    with ResultStore(store_path, readonly=True) as store:
-        stored = store.rows(status=None)
-    names = sorted({row.grid for row in stored})
-    for name in args.grids or []:
-        if name not in names:
-            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"grids in it: {', '.join(names) or 'none'}"
-            raise UserError(f"no cells of grid {name!r} in {store_path}; {hint}")
-    rows = [row for row in stored if (args.all or row.status == "done") and (not args.grids or row.grid in args.grids)]
+    with OutputFolder(args.out).require_store() as store:
+        rows = store.select(args.grids, finished_only=not args.all)
     text = FORMATS[args.format or ("json" if args.output.endswith(".json") else "csv")](rows)
     if args.output == "-":
         sys.stdout.write(text)
@@ -559,27 +547,26 @@ def command_export(args: argparse.Namespace, console: Console) -> int:
 def command_leaderboard(args: argparse.Namespace, console: Console) -> int:
     """From the store in --out, or (--from) from exported results: the published leaderboard is made so, from the
     results committed in the repository, and written where --leaderboard says (by default leaderboard.md)."""
-    if args.sources:
-        board = args.leaderboard or Path("leaderboard.md")
-        require_writable_file(board, "--leaderboard")
-        rows = [row for source in args.sources for row in read_export(source)]
-        write_leaderboard([r for r in rows if r.status == "done"], [r for r in rows if r.status == "failed"], board,
-                          ", ".join(str(source) for source in args.sources))
-    else:
+    if not args.sources:
         board = leaderboard_path(args)
         require_writable_file(board, "--leaderboard")
-        regenerate(args.out, board)
+        with OutputFolder(args.out).require_store() as store:
+            write_leaderboard_of(store, board, console)
+        return 0
+    board = args.leaderboard or Path("leaderboard.md")
+    require_writable_file(board, "--leaderboard")
+    rows = [row for source in args.sources for row in read_export(source)]
+    write_leaderboard([r for r in rows if r.status == "done"], [r for r in rows if r.status == "failed"], board,
+                      ", ".join(str(source) for source in args.sources))
     console.print(f"leaderboard written to {board}", highlight=False)
     return 0
 
 
-def regenerate(out: Path, leaderboard: Path) -> None:
-    store_path = out / STORE_NAME
-    if not store_path.exists():
-        raise UserError(f"no results store at {store_path}: run `bench run --grid NAME` first")
-    with ResultStore(store_path, readonly=True) as store:
-        done, failed = store.rows("done"), store.rows("failed")
-    write_leaderboard(done, failed, leaderboard, str(store_path))
+def write_leaderboard_of(store: ResultStore, leaderboard: Path, console: Console, done: str = "") -> None:
+    """The leaderboard of everything ``store`` holds, at ``leaderboard``; says so, after ``done`` (what the command
+    did)."""
+    write_leaderboard(store.rows("done"), store.rows("failed"), leaderboard, str(store.path))
+    console.print(f"{done}leaderboard written to {leaderboard}", highlight=False, soft_wrap=True)
 
 
 COMMANDS = {"run": command_run, "list": command_list, "prepare": command_prepare, "perf": command_perf,

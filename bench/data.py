@@ -1,4 +1,5 @@
-"""Training and validation data for one cell: partial masks drawn once per tile and seed, augmentation, batches.
+"""Training and validation data for one cell: partial masks drawn once per tile and seed, augmentation on the CPU (the
+DataLoader path's), normalisation on the device. The batches are :mod:`bench.batches`'.
 
 All randomness is a pure function of (run seed, epoch, tile index): the partial labels of a tile are the same in every
 epoch and every run, and the order and augmentation of an epoch are the same whether the run went straight through or
@@ -7,35 +8,46 @@ was interrupted and resumed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 
+from bench.recipe import (
+    AUGMENT_P,
+    HFLIP,
+    ROT90,
+    ROT90_HALF,
+    ROTATE_LIMIT,
+    SCALE_RANGE,
+    SHIFT_LIMIT,
+    SHIFT_SCALE_ROTATE,
+    VFLIP,
+)
+
 UNLABELLED = -1
 # Each use of randomness draws from its own stream: derive_seed(run seed, purpose, ...).
 MASK_STREAM, ORDER_STREAM, AUGMENT_STREAM = 0, 1, 2
-AUGMENTATIONS = {
-    "hflip": lambda: A.HorizontalFlip(p=0.5),
-    "vflip": lambda: A.VerticalFlip(p=0.5),
-    "rot90": lambda: A.RandomRotate90(p=1.0),  # one of the four quarter turns, the identity included
-    # The reference experiment's: half the time one of the four quarter turns, so the identity 5/8 of the time.
-    "rot90_half": lambda: A.RandomRotate90(p=0.5),
-    # ShiftScaleRotate's ranges (shift up to 6.25 % of the side, scale 0.9..1.1, rotation up to 45 degrees) with
-    # A.Affine, which replaces it in albumentations 2. Images are interpolated bilinearly and filled with 0; masks
-    # take the nearest pixel (never a blend of two classes) and are filled with -1, so pixels that the shift or
-    # rotation brings in from outside the tile are unlabelled, not class 0. cv2 warps int8 masks as they are.
-    "shift_scale_rotate": lambda: A.Affine(
-        translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), keep_ratio=True, rotate=(-45, 45),
-        interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=UNLABELLED, p=0.5,
+AUGMENTATIONS = {  # the recipe's augmentations (bench.recipe.AUGMENTATIONS), each as albumentations draws it
+    HFLIP: lambda: A.HorizontalFlip(p=AUGMENT_P[HFLIP]),
+    VFLIP: lambda: A.VerticalFlip(p=AUGMENT_P[VFLIP]),
+    ROT90: lambda: A.RandomRotate90(p=AUGMENT_P[ROT90]),
+    ROT90_HALF: lambda: A.RandomRotate90(p=AUGMENT_P[ROT90_HALF]),  # so the identity 5/8 of the time
+    # ShiftScaleRotate's ranges (bench.recipe) with A.Affine, which replaces it in albumentations 2. Images are
+    # interpolated bilinearly and filled with 0; masks take the nearest pixel (never a blend of two classes) and are
+    # filled with -1, so pixels that the shift or rotation brings in from outside the tile are unlabelled, not class 0.
+    # cv2 warps int8 masks as they are.
+    SHIFT_SCALE_ROTATE: lambda: A.Affine(
+        translate_percent=(-SHIFT_LIMIT, SHIFT_LIMIT), scale=SCALE_RANGE, keep_ratio=True,
+        rotate=(-ROTATE_LIMIT, ROTATE_LIMIT), interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=UNLABELLED, p=AUGMENT_P[SHIFT_SCALE_ROTATE],
     ),
 }
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
+def owned_tensor(array: np.ndarray) -> torch.Tensor:
     """A tensor owning a contiguous copy: the datasets' arrays may be read-only memory maps, which torch must not
     share."""
     return torch.from_numpy(np.array(array, order="C"))
@@ -100,49 +112,7 @@ class AugmentedTiles(torch.utils.data.Dataset):
             self.transform.set_random_seed(derive_seed(self.seed, AUGMENT_STREAM, self.epoch, index))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return _tensor(image), _tensor(mask)
-
-
-class TrainBatches:
-    """Shuffled, augmented training batches for one epoch at a time; incomplete last batches are dropped (a batch of
-    one would break BatchNorm) unless the split is smaller than one batch.
-
-    Over several processes, ``batch_size`` is the global batch and rank ``rank`` of ``world`` gets items
-    ``rank::world`` of each step's batch: the tiles are chosen before they are read and augmented, so no rank does
-    another's work, and a tile is augmented as in one process (its draws depend on the seed, epoch and tile only)."""
-
-    def __init__(self, tiles: AugmentedTiles, batch_size: int, num_workers: int, pin_memory: bool, rank: int = 0,
-                 world: int = 1):
-        self.tiles = tiles
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.drop_last = len(tiles) > batch_size
-        self.rank, self.world = rank, world
-
-    def __len__(self) -> int:
-        n = len(self.tiles)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.tiles.epoch = epoch
-        shuffle = torch.Generator().manual_seed(derive_seed(self.tiles.seed, ORDER_STREAM, epoch))
-        order = torch.randperm(len(self.tiles), generator=shuffle).tolist()
-        steps = [order[step * self.batch_size:(step + 1) * self.batch_size][self.rank::self.world]
-                 for step in range(len(self))]
-        loader = torch.utils.data.DataLoader(
-            self.tiles, batch_sampler=steps, num_workers=self.num_workers, pin_memory=self.pin_memory,
-            persistent_workers=False,
-        )
-        return iter(loader)
-
-
-def eval_batches(images, masks, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Evaluation tiles in order, unaugmented: from NumPy arrays (a batch copied at a time) or from tensors already
-    on the device (sliced)."""
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size], masks[start:start + batch_size]
-        yield tuple(part if isinstance(part, torch.Tensor) else _tensor(part) for part in batch)
+        return owned_tensor(image), owned_tensor(mask)
 
 
 class Normalizer:

@@ -1,5 +1,6 @@
-"""The device-resident training path: tiles uploaded once as uint8, partial masks drawn once, and every batch sampled,
-augmented and normalised on the device in one pass.
+"""The device-resident training path's pieces: tiles uploaded once as uint8 (:class:`TileStore`), partial masks drawn
+once, and augmentation as affine maps applied on the device (:func:`draw_transforms`, :func:`warp`); its batches,
+sampled, augmented and normalised on the device in one pass, are :class:`bench.batches.DeviceBatches`.
 
 Augmentations are affine maps of pixel coordinates, so a tile's flips, quarter turn and shift-scale-rotate compose into
 one 3x3 matrix, applied with one ``grid_sample`` per batch: bilinear for images (filled with 0 where the map reaches
@@ -9,22 +10,21 @@ conventions (pixel centres at integer coordinates, rotation about ``((W - 1) / 2
 parameters give the same transform as the DataLoader path's ``bench.data.AUGMENTATIONS``.
 
 Randomness is drawn on the CPU from generators seeded by (run seed, epoch, step), so an epoch is the same on any device
-and after a resume. Batches come in the same order as the DataLoader path's (same seed stream); with augmentation off
-the two paths feed the model identical batches.
+and after a resume. Batches come in the same order as the DataLoader path's (:class:`bench.batches.EpochOrder`);
+with augmentation off the two paths feed the model identical batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data import AUGMENT_STREAM, ORDER_STREAM, UNLABELLED, Normalizer, derive_seed
+from bench import recipe
+from bench.data import UNLABELLED
 
-# shift_scale_rotate's ranges, the same as bench.data.AUGMENTATIONS'.
-SHIFT_LIMIT, SCALE_RANGE, ROTATE_LIMIT, SHIFT_SCALE_ROTATE_P = 0.0625, (0.9, 1.1), 45.0, 0.5
 DEVICE_SHARE = 0.5  # tiles go to GPU memory when they take at most this share of what is free
 UPLOAD_CHUNK = 256  # tiles per host -> device copy, so a memory-mapped split is never read whole into RAM
 
@@ -73,31 +73,29 @@ def _where(chosen: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
 
 def draw_transforms(augment: Sequence[str], count: int, side: int, generator: torch.Generator) -> torch.Tensor:
     """One forward matrix per tile, composing ``augment`` in its order, each drawn as bench.data.AUGMENTATIONS
-    draws it: flips with p = 0.5, one of four quarter turns (with p = 0.5 for ``rot90_half``), shift-scale-rotate with
-    p = 0.5."""
+    draws it, with the probabilities and ranges of :mod:`bench.recipe`."""
     def uniform(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
 
     forward = torch.eye(3, dtype=torch.float64).expand(count, 3, 3).clone()
     for name in augment:
-        if name == "hflip":
-            step = _where(torch.rand(count, generator=generator) < 0.5, hflip_matrix(count, side))
-        elif name == "vflip":
-            step = _where(torch.rand(count, generator=generator) < 0.5, vflip_matrix(count, side))
-        elif name == "rot90":
-            step = rot90_matrix(torch.randint(0, 4, (count,), generator=generator), side)
-        elif name == "rot90_half":
-            chosen = torch.rand(count, generator=generator) < 0.5
-            step = _where(chosen, rot90_matrix(torch.randint(0, 4, (count,), generator=generator), side))
-        elif name == "shift_scale_rotate":
-            chosen = torch.rand(count, generator=generator) < SHIFT_SCALE_ROTATE_P
-            matrices = shift_scale_rotate_matrix(uniform(-ROTATE_LIMIT, ROTATE_LIMIT), uniform(*SCALE_RANGE),
-                                                 uniform(-SHIFT_LIMIT, SHIFT_LIMIT) * side,
-                                                 uniform(-SHIFT_LIMIT, SHIFT_LIMIT) * side, side)
-            step = _where(chosen, matrices)
-        else:
+        if name not in recipe.AUGMENT_P:
             raise ValueError(f"unknown augmentation {name!r}")
-        forward = step @ forward
+        # which tiles it touches, drawn first; rot90 (probability 1) turns every tile, with no draw
+        probability = recipe.AUGMENT_P[name]
+        chosen = torch.rand(count, generator=generator) < probability if probability < 1 else None
+        if name == recipe.HFLIP:
+            step = hflip_matrix(count, side)
+        elif name == recipe.VFLIP:
+            step = vflip_matrix(count, side)
+        elif name in (recipe.ROT90, recipe.ROT90_HALF):
+            step = rot90_matrix(torch.randint(0, 4, (count,), generator=generator), side)
+        elif name == recipe.SHIFT_SCALE_ROTATE:
+            shift = recipe.SHIFT_LIMIT
+            step = shift_scale_rotate_matrix(uniform(-recipe.ROTATE_LIMIT, recipe.ROTATE_LIMIT),
+                                             uniform(*recipe.SCALE_RANGE), uniform(-shift, shift) * side,
+                                             uniform(-shift, shift) * side, side)
+        forward = (step if chosen is None else _where(chosen, step)) @ forward
     return forward
 
 
@@ -177,38 +175,3 @@ class TileStore:
         self._turn = 1 - self._turn
         return on_device
 
-
-class DeviceBatches:
-    """Training batches for one epoch at a time, made on the device: the same interface and batch order as
-    ``bench.data.TrainBatches``, but yielding normalised float images ``[B, C, H, W]`` and int64 targets already on
-    the device. Over several processes rank ``rank`` of ``world`` gets items ``rank::world`` of each step's global
-    batch, with the transforms those tiles get in one process (drawn for the whole batch, then shared out)."""
-
-    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: Sequence[str], seed: int, batch_size: int,
-                 normalize: Normalizer, rank: int = 0, world: int = 1):
-        if images.shape[1] != images.shape[2]:
-            raise ValueError(f"the device data path needs square tiles, not {images.shape[1]}x{images.shape[2]}")
-        self.store = TileStore(images, masks, normalize.device, batch_size)
-        self.augment = list(augment)
-        self.seed = seed
-        self.batch_size = batch_size
-        self.normalize = normalize
-        self.drop_last = len(images) > batch_size
-        self.rank, self.world = rank, world
-
-    def __len__(self) -> int:
-        n = len(self.store)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        shuffle = torch.Generator().manual_seed(derive_seed(self.seed, ORDER_STREAM, epoch))
-        order = torch.randperm(len(self.store), generator=shuffle)
-        for step in range(len(self)):
-            indices = order[step * self.batch_size:(step + 1) * self.batch_size]
-            images, masks = self.store.gather(indices[self.rank::self.world])
-            images, target = images.permute(0, 3, 1, 2).float(), masks.to(torch.int64)
-            if self.augment:
-                draws = torch.Generator().manual_seed(derive_seed(self.seed, AUGMENT_STREAM, epoch, step))
-                forward = draw_transforms(self.augment, len(indices), images.shape[-1], draws)
-                images, target = warp(images, target, forward[self.rank::self.world])
-            yield self.normalize.scale(images), target

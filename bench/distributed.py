@@ -67,7 +67,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def labelled_share(target: torch.Tensor) -> torch.Tensor | float:
+def supervised_loss_weight(target: torch.Tensor) -> torch.Tensor | float:
     """The weight of this rank's supervised loss: the number of processes times this rank's share of the batch's
     labelled pixels (1 without a process group). DDP averages the ranks' gradients; weighted so, losses that are a mean
     over the labelled pixels (partial_ce, partial_focal) give the gradient of the mean over the whole batch's, as one

@@ -2,7 +2,7 @@
 
 The grid gives the dataset and its normalisation (the dataset's mean and std), and its recipe the evaluation batch
 (``eval_batch_size``, else twice ``batch_size``) and the precision (``amp``); its other axes play no part. The scoring
-is :func:`bench.train.evaluate`, the one every epoch of a trained cell gets: the dataset-level mIoU (one confusion
+is :func:`bench.scoring.evaluate`, the one every epoch of a trained cell gets: the dataset-level mIoU (one confusion
 matrix over the split), per-class IoU, pixel accuracy, and the reference experiment's per-batch mIoU at that batch.
 
 An evaluation is stored as a finished row marked ``"kind": "evaluation"``, its identity the hash of what decides its
@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-import registry
 from bench.cell_job import grid_data
+from bench.checks import build_checked
 from bench.data import Normalizer
-from bench.grid import CONFIG_VERSION, Component, Grid, config_id, file_digest
+from bench.device import Precision, choose_precision, clock
+from bench.identity import CONFIG_VERSION, Component, Grid, config_id, file_digest
 from bench.leaderboard import mean_std
+from bench.models import build_model
 from bench.provenance import provenance
-from bench.runner import checked
+from bench.scoring import eval_batch_size, evaluate
 from bench.store import EVALUATION, CellRow, ResultStore
 from bench.tables import Listing
-from bench.train import Precision, choose_precision, clock, eval_batch_size, evaluate
 from bench.weights import load_into, read_state_dict
 from registry.errors import UserError
 
@@ -87,19 +88,19 @@ class Evaluation:
 
 def prepare_evaluation(grid: Grid, arch: Component, weights: Path, split: str, device: torch.device) -> Evaluation:
     """Everything checked before anything is scored or stored: the weights file read, the split there, the
-    architecture built for the dataset with the weights loaded, on ``device`` in the channels-last layout."""
+    architecture built for the dataset on ``device`` as training sets it up (:func:`bench.models.build_model`), with
+    the weights loaded."""
     state = read_state_dict(weights)
-    dataset = checked(lambda: grid_data(grid).dataset, grid.place("dataset", grid.dataset.name), "dataset",
-                      grid.dataset)
+    dataset = build_checked(lambda: grid_data(grid).dataset, "dataset", grid.dataset, grid.dataset_place)
     images, masks = split_tiles(grid, dataset, split)
-    model = checked(lambda: registry.create_arch(arch.name, num_classes=dataset.num_classes, in_chans=images.shape[-1],
-                                                 **arch.build_kwargs), f"--arch {arch.label}", "architecture", arch)
+    model = build_checked(lambda: build_model(arch, dataset.num_classes, images.shape[-1], device).module,
+                          "architecture", arch, f"--arch {arch.label}")
     height, width = images.shape[1:3]
     if height % model.size_divisor or width % model.size_divisor:
         raise UserError(f"--arch {arch.label}: needs tile sides divisible by {model.size_divisor}, but "
                         f"{grid.dataset.name!r} tiles are {height}x{width}")
     load_into(model, state, dataset.num_classes, f"--weights {weights}", arch.label)
-    model = model.to(device, memory_format=torch.channels_last).eval()
+    model.eval()
     recipe = grid.cells[0].recipe  # the grid's one recipe: every cell has it
     return Evaluation(grid, arch, weights, file_digest(str(weights)), split, images, masks, dataset, model, device,
                       eval_batch_size(recipe), choose_precision(device, recipe["amp"]))

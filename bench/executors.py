@@ -1,6 +1,6 @@
 """Executors: what runs the cells of a grid. The driver (:func:`bench.runner.run_grid`) hands an executor the jobs of
-the unfinished cells and a recorder; the executor runs them wherever it runs them and passes every message and result
-to the recorder, from the driver's thread. Executors never touch the results store.
+the unfinished cells and a :class:`Driver` (the run's recorder); the executor runs them wherever it runs them and
+passes every message and result to the driver, from the driver's thread. Executors never touch the results store.
 
 - :class:`SequentialExecutor`: one cell after another in this process (the default);
 - :class:`DevicePoolExecutor`: one worker process per listed device, each taking the next unfinished cell;
@@ -18,29 +18,35 @@ import time
 import traceback
 from collections import Counter, deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from bench import distributed
-from bench.cell_job import CellJob, JobResult, Report, run_job
-from bench.grid import Grid
+from bench.cell_job import CellJob, JobMessage, JobResult, Report, Step, run_job
+from bench.identity import Grid
+from bench.outputs import OutputFolder
 from bench.train import TrainingDiverged
 from registry.errors import UserError
-
-if TYPE_CHECKING:
-    from bench.runner import Recorder
 
 STEP_REPORT_SECONDS = 0.5  # workers in other processes report steps at most this often: the bar, not the pipe
 DRIVER_CHECK_SECONDS = 0.2  # how often a worker looks whether its driver is still alive
 EXIT_ORPHANED = 3  # the exit code of a worker that ended because its driver was gone
 
 
-class Executor(Protocol):
-    plugins: tuple[str, ...]
+class Driver(Protocol):
+    """What an executor reports to, from the driver's thread only: the jobs' messages as they arrive, a job whose
+    worker died and that goes back to the queue, and each job's result (one per job, the last word on its cell)."""
 
-    def run(self, jobs: list[CellJob], recorder: Recorder) -> None: ...
+    def report(self, message: JobMessage) -> None: ...
+    def retry(self, cell_id: str, reason: str) -> None: ...
+    def finish(self, result: JobResult) -> None: ...
+
+
+class Executor(Protocol):
+    plugins: tuple[str, ...]  # the --plugin modules, which a worker in another process imports too
+
+    def run(self, jobs: list[CellJob], driver: Driver) -> None: ...
 
 
 class SequentialExecutor:
@@ -49,9 +55,9 @@ class SequentialExecutor:
     def __init__(self, device: torch.device, plugins: tuple[str, ...] = ()):
         self.device, self.plugins = device, plugins
 
-    def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
+    def run(self, jobs: list[CellJob], driver: Driver) -> None:
         for job in jobs:
-            recorder.finish(run_job(job, self.device, recorder.report))
+            driver.finish(run_job(job, self.device, driver.report))
 
 
 def parse_devices(text: str) -> list[torch.device]:
@@ -77,13 +83,13 @@ def throttled(report: Report) -> Report:
     """``report`` with step messages thinned to one every STEP_REPORT_SECONDS; the others pass unchanged."""
     last = [0.0]
 
-    def send(cell_id: str, kind: str, payload: dict[str, Any]) -> None:
-        if kind == "step":
+    def send(message: JobMessage) -> None:
+        if isinstance(message, Step):
             now = time.monotonic()
-            if now - last[0] < STEP_REPORT_SECONDS and payload["step"] != payload["total"]:
+            if now - last[0] < STEP_REPORT_SECONDS and message.step != message.total:
                 return
             last[0] = now
-        report(cell_id, kind, payload)
+        report(message)
 
     return send
 
@@ -102,16 +108,17 @@ def exit_when_parent_dies(parent: int) -> None:
 
 
 def _worker_main(device: torch.device, threads: int, connection, driver: int) -> None:
-    """A pool worker: jobs in from ``connection`` until ``None``; messages and results out through it. Each send is
-    written to the pipe before it returns, so whatever the worker said before it died reaches the driver."""
+    """A pool worker: jobs in from ``connection`` until ``None``; messages and results (a :class:`JobResult`) out
+    through it. Each send is written to the pipe before it returns, so whatever the worker said before it died reaches
+    the driver."""
     exit_when_parent_dies(driver)
     torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    report = throttled(lambda cell_id, kind, payload: connection.send((cell_id, kind, payload)))
+    report = throttled(connection.send)
     try:
         while (job := connection.recv()) is not None:
-            connection.send((job.cell_id, "result", run_job(job, device, report)))
+            connection.send(run_job(job, device, report))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):  # Ctrl-C reaches the whole process group; a driver gone
         pass
 
@@ -123,7 +130,7 @@ class _Worker:
     connection: Any
     job: CellJob | None = None
 
-    def messages(self) -> list[tuple]:
+    def messages(self) -> list[JobMessage | JobResult]:
         """What the worker has sent and the driver not yet read (all of it, once the worker is dead)."""
         received = []
         try:
@@ -160,17 +167,16 @@ class DevicePoolExecutor:
         theirs.close()  # the worker's end lives in the worker alone: its death is then an end of file here
         return _Worker(device, process, ours)
 
-    def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
+    def run(self, jobs: list[CellJob], driver: Driver) -> None:
         pending, deaths = deque(jobs), Counter()
         workers = [self._start(slot) for slot in range(len(self.devices))]
 
-        def handle(worker: _Worker, message) -> None:
-            cell_id, kind, payload = message
-            if kind == "result":
+        def handle(worker: _Worker, message: JobMessage | JobResult) -> None:
+            if isinstance(message, JobResult):
                 worker.job = None
-                recorder.finish(payload)
+                driver.finish(message)
             else:
-                recorder.report(cell_id, kind, payload)
+                driver.report(message)
 
         try:
             while pending or any(w.job for w in workers):
@@ -194,10 +200,10 @@ class DevicePoolExecutor:
                     deaths[job.cell_id] += 1
                     reason = f"the worker on {worker.device} died (exit code {code})"
                     if deaths[job.cell_id] <= self.retries:
-                        recorder.retry(job.cell_id, reason)
+                        driver.retry(job.cell_id, reason)
                         pending.appendleft(job)
                     else:
-                        recorder.finish(JobResult(job.cell_id, [], None,
+                        driver.finish(JobResult(job.cell_id, [], None,
                                                   f"{reason}, {deaths[job.cell_id]} times: gave up"))
         finally:  # a worker still busy is stopped (its cell resumes from its checkpoint); the idle ones are told to end
             for worker in workers:
@@ -228,10 +234,10 @@ class DistributedExecutor:
     """``bench run --ddp`` under torchrun: every cell trained by all the processes together (DistributedDataParallel).
 
     Rank 0 is the driver: it alone holds the output folder, reads and writes the store, and announces the cells to
-    train; the other ranks (:func:`follow`) receive that list and train the same cells in the same order, writing
-    nothing. Rank 0 always announces, an empty list when it stops before training, so that no rank waits forever.
-    An error that only some ranks may have raised stops the process (:func:`raised_by_every_rank`); rank 0 records
-    the cell failed first, and a rerun retries it.
+    train; the other ranks (:func:`train_announced_cells`) receive that list and train the same cells in the same
+    order, writing nothing. Rank 0 always announces, an empty list when it stops before training, so that no rank
+    waits forever. An error that only some ranks may have raised stops the process (:func:`raised_by_every_rank`);
+    rank 0 records the cell failed first, and a rerun retries it.
     """
 
     def __init__(self, device: torch.device, plugins: tuple[str, ...] = ()):
@@ -239,18 +245,18 @@ class DistributedExecutor:
         self._announced = False
         self._peers_may_wait = False  # set when this rank stopped in the middle of a cell
 
-    def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
+    def run(self, jobs: list[CellJob], driver: Driver) -> None:
         self._announce([job.cell_id for job in jobs])
         for job in jobs:
             try:
-                result = run_job(job, self.device, recorder.report, raised_by_every_rank)
+                result = run_job(job, self.device, driver.report, raised_by_every_rank)
             except Exception as err:
                 self._peers_may_wait = True
-                recorder.finish(JobResult(job.cell_id, [], None,
+                driver.finish(JobResult(job.cell_id, [], None,
                                           f"{type(err).__name__} on rank 0: {err}; the process group was stopped",
                                           traceback.format_exc()))
                 raise
-            recorder.finish(result)
+            driver.finish(result)
 
     def shutdown(self) -> None:
         if self._peers_may_wait:  # a collective would wait for them forever: torchrun ends the processes instead
@@ -264,13 +270,12 @@ class DistributedExecutor:
         torch.distributed.broadcast_object_list([cell_ids], src=0)
 
 
-def follow(grid: Grid, out_dir: Path, device: torch.device, plugins: tuple[str, ...] = ()) -> None:
+def train_announced_cells(grid: Grid, out: OutputFolder, device: torch.device, plugins: tuple[str, ...] = ()) -> None:
     """The part of a rank other than 0 in ``bench run --ddp``: train the cells rank 0 announces; record nothing.
     An error of this rank's alone propagates and ends the process (the group is left as it is: torchrun stops the
     other ranks, which may be waiting for this one in a collective)."""
     announced = [None]
     torch.distributed.broadcast_object_list(announced, src=0)
-    checkpoint_root = (out_dir / "checkpoints").resolve()
     for cell_id in announced[0]:
-        run_job(CellJob(grid, cell_id, checkpoint_root, plugins), device, lambda *message: None, raised_by_every_rank)
+        run_job(CellJob(grid, cell_id, out.checkpoints, plugins), device, lambda message: None, raised_by_every_rank)
     distributed.close_process_group()

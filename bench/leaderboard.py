@@ -71,7 +71,7 @@ def mean_std(values: list[float | None], digits: int = 3) -> str:
 
 def same_numbers_key(config: object) -> str:
     """A config's JSON with numbers that are equal written alike (``0.0`` as ``0``): cells stored before numbers
-    were made canonical in the grid (bench.grid) group with the cells of the same experiment stored since."""
+    were made canonical (bench.grid, bench.recipe) group with the cells of the same experiment stored since."""
     def plain(value: object) -> object:
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -123,7 +123,7 @@ def full_label_shares(group: list[CellRow], rows: list[CellRow]) -> list[float] 
     A cell whose loss has regularisers is compared with the full-label cell of its loss without them when the table
     has no full-label cell with them (a term on the unlabelled pixels has nothing to act on when every pixel is
     labelled, so grids leave that cell out). None when the table has no counterpart at all."""
-    full = [r for r in rows if r.config["masker"]["name"] == "full"]
+    full = [r for r in rows if r.fully_labelled]
     key = _full_label_key(group[0])
     reference = {r.config["seed"]: r.metrics["best_miou"] for r in full if _full_label_key(r) == key}
     if not reference:
@@ -185,7 +185,7 @@ def summary_table(rows: list[CellRow]) -> str | None:
             text = mean_std(seeds[column])
             if len(seeds) > 1 and tied_with_best(best, seeds[column]):
                 text = f"**{text}**"
-            shares = full_label_shares(group, rows) if group[0].config["masker"]["name"] != "full" else None
+            shares = full_label_shares(group, rows) if not group[0].fully_labelled else None
             line.append(text + (f" ({100 * statistics.mean(shares):.0f} %)" if shares else ""))
         lines.append(line)
     return markdown_table(lines, ["annotation · labelled", *columns])
@@ -195,7 +195,7 @@ def _table(rows: list[CellRow]) -> str:
     groups: dict[str, list[CellRow]] = defaultdict(list)
     for row in rows:
         groups[_experiment_key(row)].append(row)
-    with_full = any(r.config["masker"]["name"] == "full" for r in rows)
+    with_full = any(r.fully_labelled for r in rows)
     class_names = rows[0].metrics.get("class_names") or [
         f"class {i}" for i in range(len(rows[0].metrics["final_iou"]))
     ]
@@ -207,25 +207,25 @@ def _table(rows: list[CellRow]) -> str:
     lines = []
     for rank, group in enumerate(sorted(groups.values(), key=best_mean, reverse=True), start=1):
         first = group[0].config
-        m = [r.metrics for r in group]
+        scores = [r.metrics for r in group]
         lines.append([
             rank,
             first["arch"]["label"],
             first["loss"]["label"],
             first["masker"]["label"],
-            mean_std([100 * x["labelled_fraction"] for x in m], 2),
+            mean_std([100 * x["labelled_fraction"] for x in scores], 2),
             ", ".join(str(r.config["seed"]) for r in sorted(group, key=lambda r: r.config["seed"])),
-            mean_std([x["best_miou"] for x in m]),
+            mean_std([x["best_miou"] for x in scores]),
             *([mean_std([100 * share for share in full_label_shares(group, rows) or []], 1)] if with_full else []),
-            mean_std([x["final_miou"] for x in m]),
-            mean_std([x.get("best_per_batch_miou") for x in m]),
-            mean_std([x["final_per_batch_miou"] for x in m]),
-            mean_std([x["final_accuracy"] for x in m]),
-            *([mean_std([x.get("test_miou") for x in m]), mean_std([x.get("test_per_batch_miou") for x in m])]
+            mean_std([x["final_miou"] for x in scores]),
+            mean_std([x.get("best_per_batch_miou") for x in scores]),
+            mean_std([x["final_per_batch_miou"] for x in scores]),
+            mean_std([x["final_accuracy"] for x in scores]),
+            *([mean_std([x.get("test_miou") for x in scores]), mean_std([x.get("test_per_batch_miou") for x in scores])]
               if test else []),
-            *[mean_std([x["final_iou"][i] for x in m], 2) for i in range(len(class_names))],
-            f"{statistics.mean(x['epoch_seconds'] for x in m):.1f}",
-            f"{statistics.mean(x['train_images_per_second'] for x in m):.0f}",
+            *[mean_std([x["final_iou"][i] for x in scores], 2) for i in range(len(class_names))],
+            f"{statistics.mean(x['epoch_seconds'] for x in scores):.1f}",
+            f"{statistics.mean(x['train_images_per_second'] for x in scores):.0f}",
             first["recipe"]["epochs"],
             " / ".join(sorted({r.provenance["device"] for r in group})),
         ])
@@ -369,18 +369,18 @@ def _evaluated_table(rows: list[CellRow]) -> str:
     lines = []
     for row in sorted(rows, key=lambda r: -math.inf if r.metrics["miou"] is None else r.metrics["miou"],
                       reverse=True):
-        m = row.metrics
+        scores = row.metrics
         lines.append([
             row.config["arch"]["label"],
-            Path(m["weights_file"]).name,
-            m["weights_sha256"][:12],
-            m["split"],
-            m["tiles"],
-            mean_std([m["miou"]], 4),
-            f"{mean_std([m['per_batch_miou']], 4)} (batch {m['eval_batch_size']})",
-            mean_std([m["accuracy"]], 4),
-            *[mean_std([iou], 4) for iou in m["iou"]],
-            m["precision"],
+            Path(scores["weights_file"]).name,
+            scores["weights_sha256"][:12],
+            scores["split"],
+            scores["tiles"],
+            mean_std([scores["miou"]], 4),
+            f"{mean_std([scores['per_batch_miou']], 4)} (batch {scores['eval_batch_size']})",
+            mean_std([scores["accuracy"]], 4),
+            *[mean_std([iou], 4) for iou in scores["iou"]],
+            scores["precision"],
             row.provenance["device"],
             row.provenance["date"][:10],
         ])

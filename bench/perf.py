@@ -26,18 +26,22 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import registry
-from bench.data import AugmentedTiles, Normalizer, TrainBatches
-from bench.device_data import DeviceBatches
-from bench.grid import Component, command_line_value
+from bench.batches import DeviceBatches, LoaderBatches, TrainBatches
+from bench.data import AugmentedTiles, Normalizer
+from bench.device import choose_precision, clock
+from bench.device import peak_memory_mb as peak_memory_mb_of
+from bench.identity import Component
+from bench.models import build_model
+from bench.overrides import command_line_value
 from bench.provenance import device_name
+from bench.recipe import HFLIP, ROT90, SHIFT_SCALE_ROTATE, VFLIP, default_num_workers
+from bench.step import backward_and_step, build_optimizer, supervised_loss
 from bench.tables import Listing
-from bench.train import LoaderBatches, backward_and_step, build_optimizer, choose_precision, clock, supervised_loss
-from bench.train import peak_memory_mb as peak_memory_mb_of
 from registry.arguments import canonical_arguments
 from registry.errors import UserError
 
 NUM_CLASSES = 5
-AUGMENT = ["hflip", "vflip", "rot90", "shift_scale_rotate"]
+AUGMENT = [HFLIP, VFLIP, ROT90, SHIFT_SCALE_ROTATE]
 
 
 @dataclass
@@ -145,14 +149,10 @@ def time_training(batches, train_step: Callable, config: PerfConfig, device: tor
 
 def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak_tflops: float) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = registry.create_arch(arch.name, num_classes=NUM_CLASSES, in_chans=3, **arch.build_kwargs).to(device)
-    model = model.to(memory_format=torch.channels_last)  # as bench.train does
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    model, forward, _ = build_model(arch, NUM_CLASSES, 3, device, compile=config.compile)  # as bench.train sets it up
     loss_fn = registry.create_loss("partial_ce")
     precision = choose_precision(device, amp=True)
     optimizer = build_optimizer(model, {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0}, device)
-    forward = torch.compile(model) if config.compile else model
     normalize = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), device)
     # One epoch covers the warm-up and the timed steps of one measurement (see time_training).
     images, masks = random_tiles((config.warmup + config.steps) * config.batch_size, config.size)
@@ -177,7 +177,7 @@ def measure_arch(arch: Component, config: PerfConfig, device: torch.device, peak
     device_path = time_training(DeviceBatches(images, masks, AUGMENT, 0, config.batch_size, normalize), train_step,
                                 config, device)
     peak_memory_mb, peak_memory_kind = peak_memory_mb_of(device)
-    workers = config.num_workers if config.num_workers is not None else (8 if device.type == "cuda" else 0)
+    workers = config.num_workers if config.num_workers is not None else default_num_workers(device)
     loader = LoaderBatches(TrainBatches(AugmentedTiles(images, masks, AUGMENT, 0), config.batch_size, workers,
                                         pin_memory=device.type == "cuda"), normalize)
     loader_path = time_training(loader, train_step, config, device)

@@ -24,7 +24,6 @@ from matplotlib.ticker import FixedLocator, NullFormatter
 from bench.store import TRAINING, CellRow
 from registry.files import write_atomically
 
-FULL = "full"
 SEP = " · "
 MARKERS = "osD^v<>pPX*h"
 
@@ -32,10 +31,6 @@ MARKERS = "osD^v<>pPX*h"
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation; the deviation is 0.0 for a single value."""
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _is_full(row: CellRow) -> bool:
-    return row.config["masker"]["name"] == FULL
 
 
 def _arch_loss(row: CellRow) -> str:
@@ -60,7 +55,7 @@ def efficiency_series(rows: Iterable[CellRow]) -> dict[str, list[tuple[float, fl
     by label."""
     points: dict[str, dict[float, list[CellRow]]] = defaultdict(lambda: defaultdict(list))
     for row in _finished(rows):
-        if not _is_full(row):
+        if not row.fully_labelled:
             points[efficiency_label(row)][row.config["fraction"]].append(row)
     series = {}
     for label in sorted(points):
@@ -78,7 +73,7 @@ def full_label_levels(rows: Iterable[CellRow]) -> dict[str, tuple[float, float]]
     """``{architecture · loss: (mean, std)}`` of the best validation mIoU of the full-label cells (masker ``full``)."""
     levels: dict[str, list[float]] = defaultdict(list)
     for row in _finished(rows):
-        if _is_full(row):
+        if row.fully_labelled:
             levels[_arch_loss(row)].append(row.metrics["best_miou"])
     return {label: _mean_std(levels[label]) for label in sorted(levels)}
 

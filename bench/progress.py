@@ -9,7 +9,7 @@ from typing import Any, Self
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.grid import Cell, Grid
+from bench.identity import Cell, Grid
 from bench.runner import RunEvents
 from bench.tables import Listing
 
@@ -41,11 +41,11 @@ class RichEvents(RunEvents):
                            f"{len(todo)} to run")
         self._grid_task = self.progress.add_task("grid", total=len(todo), info="")
 
-    def cell_started(self, cell: Cell, resume_epoch: int, where: str) -> None:
+    def cell_started(self, cell: Cell, resume_epoch: int, host: str) -> None:
         if cell.cell_id in self._cell_tasks:  # a retry after its worker died
             self.progress.remove_task(self._cell_tasks.pop(cell.cell_id))
         note = f" (resuming after epoch {resume_epoch})" if resume_epoch else ""
-        self.progress.console.print(f"▶ {cell.label}{note} on {where}", highlight=False)
+        self.progress.console.print(f"▶ {cell.label}{note} on {host}", highlight=False)
         self._cell_tasks[cell.cell_id] = self.progress.add_task(
             f"  {cell.cell_id}", total=cell.recipe["epochs"], completed=resume_epoch, info="")
 

@@ -18,16 +18,12 @@ import os
 import queue
 import socket
 import uuid
-from typing import TYPE_CHECKING
 
 import torch
 
 from bench.cell_job import CellJob, JobResult, run_job
-from bench.executors import throttled
+from bench.executors import Driver, throttled
 from registry.errors import UserError
-
-if TYPE_CHECKING:
-    from bench.runner import Recorder
 
 INSTALL_HINT = "pip install 'partialseg-bench[ray]'"
 
@@ -61,7 +57,7 @@ def _run_task(job: CellJob, messages) -> JobResult:
     device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
-    return run_job(job, device, throttled(lambda cell_id, kind, payload: messages.put((cell_id, kind, payload))))
+    return run_job(job, device, throttled(messages.put))
 
 
 class RayExecutor:
@@ -98,7 +94,7 @@ class RayExecutor:
         (job.checkpoint_root / name).touch()
         return name
 
-    def run(self, jobs: list[CellJob], recorder: Recorder) -> None:
+    def run(self, jobs: list[CellJob], driver: Driver) -> None:
         if not jobs:
             return
         from ray.util.queue import Queue
@@ -116,7 +112,7 @@ class RayExecutor:
         def forward_messages() -> None:
             while True:
                 try:
-                    recorder.report(*messages.get_nowait())
+                    driver.report(messages.get_nowait())
                 except queue.Empty:  # ray.util.queue.Empty is one
                     return
 
@@ -133,7 +129,7 @@ class RayExecutor:
                         result = JobResult(job.cell_id, [], None,
                                            f"{type(err).__name__} (tried {tries} time{'s' * (tries > 1)}): {reason}")
                     forward_messages()
-                    recorder.finish(result)
+                    driver.finish(result)
         except KeyboardInterrupt:
             for ref in futures:
                 self.ray.cancel(ref, force=True)

@@ -28,9 +28,11 @@ import registry
 from bench.cell_job import GridData, grid_data
 from bench.checkpoints import BEST, DamagedCheckpoint, check, read
 from bench.data import Normalizer, partial_masks
-from bench.grid import Cell, Grid
+from bench.identity import Cell, Grid
+from bench.models import build_model
 from bench.plots import save_png, show_names
 from bench.store import CellRow
+from registry.maskers.pixels import FULL_LABELS
 
 CANDIDATES = 64
 SPARSE = 0.02
@@ -72,7 +74,7 @@ def annotations(grid: Grid) -> list[Cell]:
     seen: dict[tuple[str, float], Cell] = {}
     for cell in grid.cells:
         key = (cell.masker.label, cell.fraction)
-        if cell.masker.name != "full" and (key not in seen or cell.seed == first_seed != seen[key].seed):
+        if cell.masker.name != FULL_LABELS and (key not in seen or cell.seed == first_seed != seen[key].seed):
             seen[key] = cell
     return list(seen.values())
 
@@ -143,17 +145,16 @@ def best_cells(grid: Grid, rows: Sequence[CellRow]) -> list[CellRow]:
     order: dict[tuple[str, float], int] = {}
     for index, cell in enumerate(grid.cells):
         order.setdefault((cell.masker.label, cell.fraction), index)
-    return sorted(best.values(), key=lambda r: (r.config["masker"]["name"] == "full",
+    return sorted(best.values(), key=lambda r: (r.fully_labelled,
                                                 order[r.config["masker"]["label"], r.config["fraction"]]))
 
 
 @torch.inference_mode()
 def predict(cell: Cell, checkpoint: Path, images: np.ndarray, data: GridData, device: torch.device) -> np.ndarray:
     """The cell's best.pt applied to uint8 tiles ``[N, H, W, C]``: class indices ``[N, H, W]``."""
-    model = registry.create_arch(cell.arch.name, num_classes=data.dataset.num_classes, in_chans=images.shape[-1],
-                                 **cell.arch.build_kwargs)
+    model = build_model(cell.arch, data.dataset.num_classes, images.shape[-1], device).module
     model.load_state_dict(read(checkpoint)["model"])
-    model = model.to(device, memory_format=torch.channels_last).eval()
+    model.eval()
     normalize = Normalizer(data.dataset.mean, data.dataset.std, device)
     batch = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
     return model(normalize.scale(batch)).argmax(1).cpu().numpy()

@@ -15,11 +15,12 @@ read-only disk.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from registry.errors import UserError
+from registry.maskers.pixels import FULL_LABELS
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x50534547  # "PSEG", in the header of every store this code writes
@@ -77,6 +79,12 @@ class CellRow:
     attempts: int
     started_at: str
     finished_at: str | None
+
+    @property
+    def fully_labelled(self) -> bool:
+        """A cell trained on every label (the ``full`` masker): the reference its partially labelled peers are
+        measured against."""
+        return self.config.get("masker", {}).get("name") == FULL_LABELS
 
     @property
     def kind(self) -> str:
@@ -165,7 +173,7 @@ class ResultStore:
         return _row(row) if row else None
 
     def find(self, cell) -> CellRow | None:
-        """The stored row of a grid's ``cell`` (a :class:`bench.grid.Cell`): under its id, else a finished one under
+        """The stored row of a grid's ``cell`` (a :class:`bench.identity.Cell`): under its id, else a finished one under
         one of its aliases (the ids that cells were stored under before numbers were made canonical)."""
         row = self.get(cell.cell_id)
         if row is not None:
@@ -184,6 +192,20 @@ class ResultStore:
             return []
         with self._reporting():
             return [_row(r) for r in self._db.execute(query + " ORDER BY started_at, cell_id", args)]
+
+    def select(self, grids: Sequence[str] | None = None, finished_only: bool = True) -> list[CellRow]:
+        """The rows of the named grids (every grid when None), the finished ones only unless ``finished_only`` is
+        false (what ``bench export`` writes). A name of which the store holds no cells is a UserError naming the
+        close ones: a typo would otherwise export nothing."""
+        stored = self.rows(status=None)
+        names = sorted({row.grid for row in stored})
+        for name in grids or []:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+                hint = f"did you mean {', '.join(close)}?" if close else f"grids in it: {', '.join(names) or 'none'}"
+                raise UserError(f"no cells of grid {name!r} in {self.path}; {hint}")
+        return [row for row in stored
+                if (not finished_only or row.status == "done") and (not grids or row.grid in grids)]
 
     def start(self, cell_id: str, grid: str, dataset: str, label: str, config: dict, provenance: dict) -> None:
         """Mark a cell running (a new row, or a retry of one that is not done)."""
@@ -240,7 +262,7 @@ class ResultStore:
 
 
 def stale_rows(grid, store: ResultStore) -> tuple[list[CellRow], list[CellRow]]:
-    """The stored cells filed under ``grid``'s name (a :class:`bench.grid.Grid`) whose identity the grid, as it now
+    """The stored cells filed under ``grid``'s name (a :class:`bench.identity.Grid`) whose identity the grid, as it now
     reads, does not have (by id or alias), in two lists: those run from this grid's file (or stored before the file
     was recorded), what ``bench prune`` lists; and those run from another file of the same name, which are another
     experiment's and never listed for deletion. Evaluations filed under the grid's name are in neither: they are

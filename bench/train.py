@@ -1,7 +1,8 @@
-"""Training and evaluation of one cell: one flat loop, resumable at every epoch boundary.
+"""Training of one cell: one flat loop, evaluated after every epoch, resumable at every epoch boundary.
 
-Precision is chosen once: bf16 autocast on CUDA cards that support it (no loss scaler needed), fp16 with a scaler on
-older cards, float32 on the CPU. Clocks are read after a device synchronisation, so epoch times are real.
+The model is set up by :mod:`bench.models`, the batches come from :mod:`bench.batches`, each step is
+:mod:`bench.step`'s, each evaluation :mod:`bench.scoring`'s. The precision is chosen once (:mod:`bench.device`), and
+clocks are read after a device synchronisation, so epoch times are real.
 
 Over several processes (a process group initialised, see :mod:`bench.distributed`) one cell trains with
 DistributedDataParallel: ``batch_size`` stays the global batch, each rank trains on its share of every step's batch
@@ -11,12 +12,8 @@ batches and the counts are summed before scoring, and only rank 0 writes checkpo
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import resource
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +24,15 @@ import torch
 
 import registry
 from bench import checkpoints, distributed
-from bench.data import AugmentedTiles, Normalizer, TrainBatches, eval_batches
-from bench.device_data import DeviceBatches, fits_on_device, upload
-from bench.grid import Cell
-from bench.metrics import PerBatchMIoU, confusion_matrix, scores
+from bench.batches import DeviceBatches, LoaderBatches, TrainBatches
+from bench.data import AugmentedTiles, Normalizer
+from bench.device import Precision, choose_precision, clock, peak_memory_mb
+from bench.device_data import fits_on_device, upload
+from bench.identity import Cell
+from bench.models import build_model
+from bench.recipe import default_num_workers
+from bench.scoring import eval_batch_size, evaluate
+from bench.step import backward_and_step, build_optimizer, supervised_loss
 from registry.errors import UserError
 
 
@@ -63,59 +65,6 @@ class CellData:
         return float((self.train_masks >= 0).mean())
 
 
-@dataclass
-class Precision:
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    scaler: torch.amp.GradScaler | None
-    name: str
-    dtype: torch.dtype = torch.float32  # what the matrix multiplies of the autocast regions compute in
-
-
-def choose_precision(device: torch.device, amp: bool | str) -> Precision:
-    """``amp = true``: bf16 autocast on GPUs with bf16 tensor cores (compute capability 8.0, Ampere, and later), fp16
-    with loss scaling before them; ``"fp16"`` or ``"bf16"`` asks for one (fp16 is what the reference experiment
-    trained in); false: float32. The CPU always trains in float32. Not torch.cuda.is_bf16_supported(): it also says
-    yes where bf16 is only emulated (V100, T4), on the current device rather than this one."""
-    if device.type != "cuda" or amp is False:
-        return Precision(contextlib.nullcontext, None, "float32")
-    has_bf16 = torch.cuda.get_device_capability(device)[0] >= 8
-    if amp == "bf16" and not has_bf16:
-        raise UserError(f"[recipe] amp = \"bf16\": {torch.cuda.get_device_name(device)} has no bf16 tensor cores "
-                        "(compute capability 8.0 or later); use amp = \"fp16\" or true")
-    if amp == "bf16" or (amp is True and has_bf16):
-        return Precision(lambda: torch.autocast("cuda", dtype=torch.bfloat16), None, "bf16 autocast", torch.bfloat16)
-    return Precision(lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda"),
-                     "fp16 autocast + loss scaling", torch.float16)
-
-
-def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, precision: Precision) -> None:
-    """One optimiser step from ``loss``, through the loss scaler when the precision has one."""
-    optimizer.zero_grad(set_to_none=True)
-    if precision.scaler is not None:
-        precision.scaler.scale(loss).backward()
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-
-
-def clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def build_optimizer(model: torch.nn.Module, recipe: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
-    params, lr, decay = model.parameters(), recipe["lr"], recipe["weight_decay"]
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if recipe["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=decay, **fused)
-    if recipe["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, **fused)
-    return torch.optim.SGD(params, lr=lr, weight_decay=decay, momentum=recipe["momentum"])
-
-
 def build_schedule(optimizer: torch.optim.Optimizer, recipe: dict[str, Any], steps_per_epoch: int):
     """Per-step learning-rate factor: linear warm-up, then constant or cosine decay to zero."""
     total = max(1, recipe["epochs"] * steps_per_epoch)
@@ -132,13 +81,6 @@ def build_schedule(optimizer: torch.optim.Optimizer, recipe: dict[str, Any], ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def supervised_loss(loss_fn, outputs, target: torch.Tensor) -> torch.Tensor:
-    """Deep-supervision models return several logits in training: each is supervised, and the losses averaged."""
-    if isinstance(outputs, (list, tuple)):
-        return sum(loss_fn(out, target) for out in outputs) / len(outputs)
-    return loss_fn(outputs, target)
-
-
 def build_regularizers(cell: Cell) -> list[tuple[str, float, Any]]:
     """The loss's regularisers as ``(name, weight, reg)``, built once per cell."""
     return [(r["name"], r["weight"], registry.create_regularizer(r["name"], **r["kwargs"]))
@@ -152,45 +94,6 @@ def regularizer_terms(regularizers, outputs, target: torch.Tensor, images: torch
     logits = outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
     return [reg(logits, target, images, progress, model=forward) if getattr(reg, "uses_model", False)
             else reg(logits, target, images, progress) for _, _, reg in regularizers]
-
-
-def evaluate(model, images: np.ndarray, masks: np.ndarray, num_classes: int, normalize: Normalizer,
-             batch_size: int, precision: Precision) -> dict[str, Any]:
-    """One pass over an evaluation split (the validation or the test tiles): a dataset-level confusion matrix, and the
-    reference's per-batch mIoU.
-
-    Over several processes batch ``b`` is evaluated by rank ``b % world`` (``model`` must then be the plain module,
-    not the DDP wrapper, whose forward is a collective); the per-batch counts, exact integers, are summed over the
-    ranks before anything is scored, so every rank gets the figures of one process evaluating everything."""
-    model.eval()
-    device = normalize.device
-    rank, world_size = distributed.world()
-    batch_cms = torch.zeros(-(-len(images) // batch_size), num_classes, num_classes, dtype=torch.int64, device=device)
-    with torch.inference_mode(), precision.autocast():
-        for index, (batch_images, batch_masks) in enumerate(eval_batches(images, masks, batch_size)):
-            if index % world_size != rank:
-                continue
-            batch_images, target = normalize(batch_images, batch_masks)
-            batch_cms[index] = confusion_matrix(model(batch_images).argmax(1), target, num_classes)
-    distributed.all_reduce_sum(batch_cms)
-    cm = batch_cms.sum(0)
-    per_batch = PerBatchMIoU()
-    for batch_cm in batch_cms:
-        per_batch.add(batch_cm)
-    result = scores(cm)
-    return {"miou": result.miou, "accuracy": result.accuracy, "iou": result.iou,
-            "per_batch_miou": per_batch.value(), "confusion_matrix": cm.cpu().tolist()}
-
-
-def eval_batch_size(recipe: dict[str, Any]) -> int:
-    """The batch a recipe evaluates in: its ``eval_batch_size``, else twice its training batch."""
-    return recipe["eval_batch_size"] or 2 * recipe["batch_size"]
-
-
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process RSS"
 
 
 def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir: Path,
@@ -212,21 +115,10 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         check_shares(recipe["batch_size"], len(data.train_images), world_size)
         device = distributed.rank_device(device)
     torch.manual_seed(cell.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's as well)
-    model = registry.create_arch(cell.arch.name, num_classes=data.num_classes, in_chans=data.train_images.shape[-1],
-                                 **cell.arch.build_kwargs).to(device)
-    # Channels-last suits both cuDNN's tensor-core kernels and oneDNN's CPU convolutions (1.5x faster at 64 px).
-    model = model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    trained = model  # what the training steps run: the model, or its DDP wrapper over several processes
-    if world_size > 1:
-        if recipe["sync_batchnorm"]:
-            model = distributed.sync_batchnorm(model, device)
-        trained = distributed.data_parallel(model, device)
-    # Checkpoints hold the plain module's weights; the compiled one (if any) only runs the steps. Evaluation runs the
-    # plain module (compiled or not): each rank evaluates batches of its own, without DDP's collectives.
-    forward = torch.compile(trained) if recipe["compile"] else trained
-    evaluated = forward if trained is model else (torch.compile(model) if recipe["compile"] else model)
+    # Checkpoints hold the plain module's weights (model); forward runs the training steps, evaluated the evaluation.
+    model, forward, evaluated = build_model(cell.arch, data.num_classes, data.train_images.shape[-1], device,
+                                            compile=recipe["compile"], data_parallel=world_size > 1,
+                                            sync_batchnorm=recipe["sync_batchnorm"])
     loss_fn = registry.create_loss(cell.loss.name, **cell.loss.kwargs, weight=recipe["class_weights"])
     regularizers = build_regularizers(cell)
     precision = choose_precision(device, recipe["amp"])
@@ -267,7 +159,7 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         for step, (images, target) in enumerate(batches.epoch(epoch)):
             with precision.autocast():
                 outputs = forward(images)
-                loss = supervised_loss(loss_fn, outputs, target) * distributed.labelled_share(target)
+                loss = supervised_loss(loss_fn, outputs, target) * distributed.supervised_loss_weight(target)
                 if regularizers:
                     progress = (epoch * len(batches) + step) / total_steps
                     terms = regularizer_terms(regularizers, outputs, target, images, progress, forward)
@@ -350,21 +242,6 @@ def evaluate_best_on_test(model, forward, best: dict[str, Any], test: tuple, num
             "test_tiles": len(images)}
 
 
-class LoaderBatches:
-    """The DataLoader path (the reference's way): tiles augmented by albumentations on the CPU, then moved to the
-    device and normalised there; the same interface as :class:`bench.device_data.DeviceBatches`."""
-
-    def __init__(self, batches: TrainBatches, normalize: Normalizer):
-        self.batches = batches
-        self.normalize = normalize
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def epoch(self, epoch: int):
-        return (self.normalize(images, masks) for images, masks in self.batches.epoch(epoch))
-
-
 def training_batches(cell: Cell, data: CellData, normalize: Normalizer):
     """The recipe's data path and a description of it: ``device`` makes batches on the device from tiles held there
     (or in pinned host memory when they do not fit), ``loader`` uses a DataLoader; ``auto`` is device on CUDA."""
@@ -378,7 +255,7 @@ def training_batches(cell: Cell, data: CellData, normalize: Normalizer):
         return batches, f"device ({'resident' if batches.store.resident else 'pinned host memory'})"
     workers = recipe["num_workers"]
     if workers is None:
-        workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+        workers = default_num_workers(device)
     tiles = AugmentedTiles(data.train_images, data.train_masks, recipe["augment"], cell.seed)
     batches = TrainBatches(tiles, recipe["batch_size"], workers, device.type == "cuda", *distributed.world())
     return LoaderBatches(batches, normalize), f"loader ({workers} workers)"

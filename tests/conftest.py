@@ -8,6 +8,8 @@ import socket
 import pytest
 from landcoverai_layout import write_archive, write_tiles
 
+import bench  # noqa: F401  (first: it turns albumentations' version check off before a test module imports it)
+
 # Orthophotos of sizes that are not multiples of 512, so that edge tiles are skipped and ids have gaps; each is
 # written with another compression and strip/tile layout (see landcoverai_layout.IMAGE_FORMATS).
 LANDCOVERAI_SIZES = [(1100, 1300), (1030, 1600), (700, 1100), (600, 1200)]

@@ -14,10 +14,12 @@ import torch
 
 import bench.checkpoints
 from bench import distributed
+from bench.cell_job import GridData
 from bench.data import Normalizer
+from bench.device import Precision
 from bench.grid import load_grid
-from bench.runner import GridData
-from bench.train import Precision, evaluate, train_cell
+from bench.scoring import evaluate
+from bench.train import train_cell
 from registry.errors import UserError
 
 CPU = torch.device("cpu")
@@ -53,11 +55,11 @@ def step_batch(num_classes: int = 5, partial: bool = False) -> tuple[torch.Tenso
 def one_step_gradients(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor,
                        forward: torch.nn.Module | None = None) -> dict:
     """The gradients of one training step of partial cross-entropy (the mean over the labelled pixels) weighted as
-    train_cell weighs it (:func:`bench.distributed.labelled_share`), by parameter; ``forward`` runs ``model`` (its DDP
-    wrapper)."""
+    train_cell weighs it (:func:`bench.distributed.supervised_loss_weight`), by parameter; ``forward`` runs ``model``
+    (its DDP wrapper)."""
     model.train()
     loss = torch.nn.functional.cross_entropy((forward or model)(images), target, ignore_index=-1)
-    (loss * distributed.labelled_share(target)).backward()
+    (loss * distributed.supervised_loss_weight(target)).backward()
     return {name: p.grad.flatten().tolist() for name, p in model.named_parameters()}
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import AugmentedTiles, Normalizer, TrainBatches, derive_seed, eval_batches
+from bench.batches import TrainBatches, eval_batches
+from bench.data import AugmentedTiles, Normalizer, derive_seed
 
 SIZE = 16
 
@@ -220,7 +221,7 @@ def test_augmentation_is_deterministic_per_seed_epoch_and_index(augment):
 
 
 def test_grid_and_data_know_the_same_augmentations():
-    from bench import grid
+    from bench import recipe as grid
     from bench.data import AUGMENTATIONS
 
     assert set(grid.AUGMENTATIONS) == set(AUGMENTATIONS) and set(grid.DEFAULT_AUGMENT) <= set(AUGMENTATIONS)

@@ -19,10 +19,10 @@ import torch
 from ddp_worker import fixed_model, one_step_gradients, sharded_evaluation, step_batch
 
 from bench import distributed
-from bench.data import AugmentedTiles, Normalizer, TrainBatches
-from bench.device_data import DeviceBatches
+from bench.batches import DeviceBatches, TrainBatches
+from bench.cell_job import GridData
+from bench.data import AugmentedTiles, Normalizer
 from bench.grid import parse_grid
-from bench.runner import GridData
 from bench.train import check_shares, train_cell
 from registry.errors import UserError
 

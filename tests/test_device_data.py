@@ -13,9 +13,9 @@ import torch
 from user_faults import TINY
 
 import bench.device_data
-from bench.data import AugmentedTiles, Normalizer, TrainBatches
+from bench.batches import DeviceBatches, LoaderBatches, TrainBatches
+from bench.data import AugmentedTiles, Normalizer
 from bench.device_data import (
-    DeviceBatches,
     draw_transforms,
     hflip_matrix,
     rot90_matrix,
@@ -24,7 +24,7 @@ from bench.device_data import (
     warp,
 )
 from bench.grid import parse_grid
-from bench.train import LoaderBatches, train_cell
+from bench.train import train_cell
 
 CPU = torch.device("cpu")
 SIDE = 32
@@ -158,7 +158,7 @@ GRID = (TINY.replace("train_size = 8", "train_size = 12").replace("epochs = 1", 
 
 
 def train(tmp_path: Path, data_path: str, augment: str = "[]") -> tuple[list[dict], dict]:
-    from bench.runner import GridData
+    from bench.cell_job import GridData
 
     text = GRID.replace("augment = []", f"augment = {augment}\ndata_path = \"{data_path}\"")
     grid = parse_grid(text, tmp_path / f"{data_path}.toml")

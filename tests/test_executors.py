@@ -17,6 +17,7 @@ import torch
 import registry
 from bench.executors import DevicePoolExecutor, parse_devices
 from bench.grid import parse_grid
+from bench.outputs import OutputFolder
 from bench.runner import run_grid
 from bench.store import ResultStore
 from registry.errors import UserError
@@ -78,7 +79,7 @@ def sequential(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as every worker below: another thread count sums in another order
     try:
-        run_grid(grid_for(tmp), tmp / "runs", CPU)
+        run_grid(grid_for(tmp), OutputFolder(tmp / "runs"), CPU)
     finally:
         torch.set_num_threads(threads)
     return {row.config["fraction"]: row.metrics for row in stored(tmp / "runs").values()}
@@ -93,7 +94,7 @@ def assert_same_results(rows, reference) -> None:
 
 
 def test_pool_of_two_workers_matches_sequential(tmp_path, sequential):
-    summary = run_grid(grid_for(tmp_path), tmp_path / "runs", CPU,
+    summary = run_grid(grid_for(tmp_path), OutputFolder(tmp_path / "runs"), CPU,
                        executor=DevicePoolExecutor([CPU, CPU], plugins=(PLUGIN,), threads=1))
     rows = stored(tmp_path / "runs")
     assert_same_results(rows, sequential)
@@ -108,7 +109,7 @@ def test_a_pool_worker_can_start_a_dataloaders_worker_processes(tmp_path):
         "epochs = 3", 'epochs = 1\ndata_path = "loader"\nnum_workers = 1')
     (tmp_path / "grid.toml").write_text(text)
     grid = parse_grid(text, tmp_path / "grid.toml")
-    summary = run_grid(grid, tmp_path / "runs", CPU, executor=DevicePoolExecutor([CPU], threads=1))
+    summary = run_grid(grid, OutputFolder(tmp_path / "runs"), CPU, executor=DevicePoolExecutor([CPU], threads=1))
     rows = stored(tmp_path / "runs")
     assert not summary.failed, [row.error for row in rows.values()]
     assert len(rows) == 2 and all(row.metrics["data_path"] == "loader (1 workers)" for row in rows.values())
@@ -118,7 +119,7 @@ def test_pool_worker_killed_mid_cell_is_replaced_and_the_cell_resumed(tmp_path, 
     marker = tmp_path / "died"
     grid = grid_for(tmp_path, marker=str(marker), at_step=STEPS_PER_EPOCH + 2)  # in the second epoch
     pool = DevicePoolExecutor([CPU, CPU], plugins=(PLUGIN,), threads=1)
-    summary = run_grid(grid, tmp_path / "runs", CPU, executor=pool)
+    summary = run_grid(grid, OutputFolder(tmp_path / "runs"), CPU, executor=pool)
     assert marker.exists() and not summary.failed
     rows = stored(tmp_path / "runs")
     assert sorted(row.attempts for row in rows.values()) == [1, 2]
@@ -129,7 +130,7 @@ def test_pool_worker_killed_mid_cell_is_replaced_and_the_cell_resumed(tmp_path, 
 
 def test_pool_gives_up_after_the_retries_and_records_why(tmp_path):
     grid = grid_for(tmp_path, marker=str(tmp_path / "died"), at_step=2, every_time=True)
-    summary = run_grid(grid, tmp_path / "runs", CPU,
+    summary = run_grid(grid, OutputFolder(tmp_path / "runs"), CPU,
                        executor=DevicePoolExecutor([CPU], retries=1, plugins=(PLUGIN,), threads=1))
     rows = stored(tmp_path / "runs")
     assert sorted(summary.failed) == sorted(rows) and len(rows) == 2
@@ -166,7 +167,7 @@ def test_ray_matches_sequential_and_retries_a_killed_worker(tmp_path, sequential
 
     marker = tmp_path / "died"
     grid = grid_for(tmp_path, marker=str(marker), at_step=STEPS_PER_EPOCH + 2)
-    summary = run_grid(grid, tmp_path / "runs", CPU, executor=RayExecutor(retries=2, plugins=(PLUGIN,)))
+    summary = run_grid(grid, OutputFolder(tmp_path / "runs"), CPU, executor=RayExecutor(retries=2, plugins=(PLUGIN,)))
     assert marker.exists() and not summary.failed
     rows = stored(tmp_path / "runs")
     assert sorted(summary.done) == sorted(rows) and sorted(row.attempts for row in rows.values()) == [1, 2]
@@ -180,7 +181,7 @@ def test_ray_records_the_cell_failed_when_its_retries_are_spent(tmp_path, ray_cl
     from bench.ray_executor import RayExecutor
 
     grid = grid_for(tmp_path, marker=str(tmp_path / "died"), at_step=2, every_time=True)
-    summary = run_grid(grid, tmp_path / "runs", CPU, executor=RayExecutor(retries=0, plugins=(PLUGIN,)))
+    summary = run_grid(grid, OutputFolder(tmp_path / "runs"), CPU, executor=RayExecutor(retries=0, plugins=(PLUGIN,)))
     rows = stored(tmp_path / "runs")
     assert sorted(summary.failed) == sorted(rows) and len(rows) == 2
     for row in rows.values():

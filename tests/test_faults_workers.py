@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from user_faults import TINY, bench, exported, one_line, run_main, start, write_grid
 
-from bench import runner
+from bench import outputs
 from registry.locks import WRITERS_LOCK
 
 GRID = (TINY.replace("train_size = 8", "train_size = 64").replace("epochs = 1", "epochs = 3")
@@ -163,7 +163,7 @@ def test_a_process_that_never_lets_go_is_one_line(tmp_path, capsys, monkeypatch)
     write_grid(tmp_path)
     checkpoints = tmp_path / "runs" / "checkpoints"
     holder = hold_writers_lock(checkpoints, 60)
-    monkeypatch.setattr(runner, "STRAY_WRITERS_TIMEOUT", 0.5)
+    monkeypatch.setattr(outputs, "STRAY_WRITERS_TIMEOUT", 0.5)
     try:
         code, _, err = run_main(capsys, "run", "--grid", str(tmp_path / "grid.toml"), "--out", str(tmp_path / "runs"))
     finally:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import registry
-from bench.grid import GRID_DIR, list_grids, load_grid, parse_grid
-from bench.runner import GridData
+from bench.cell_job import GridData
+from bench.grid import load_grid, parse_grid
+from bench.grid_files import GRID_DIR, list_grids
 from registry.errors import UserError
 
 BASE = """\

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import registry
+from bench.checks import check_grid
 from bench.data import tile_generator
 from bench.grid import parse_grid
-from bench.runner import GridData, check_cells
 from registry.datasets.synthetic import generate_tile
 from registry.errors import UserError
 from registry.maskers._common import depth
@@ -323,11 +323,11 @@ def test_grid_with_more_points_than_pixels_fails_before_training(tmp_path):
 def test_the_harness_calls_check_with_the_tile_size():
     text = GRID.replace("count = 5000", "count = 1024")
     grid = parse_grid(text, Path("ok.toml"))
-    check_cells(grid, GridData(grid))  # 1024 points fit a 32x32 tile
+    check_grid(grid)  # 1024 points fit a 32x32 tile
     grid = parse_grid(text.replace('{ name = "points_per_image", count = 1024 }', '{ name = "blocks", size = 40 }'),
                       Path("big.toml"))
     with pytest.raises(UserError, match=r"^big.toml line 11: masker 'blocks': size 40 is larger than a 32x32 tile$"):
-        check_cells(grid, GridData(grid))
+        check_grid(grid)
 
 
 def test_the_harness_calls_check_with_every_fraction():
@@ -337,9 +337,9 @@ def test_the_harness_calls_check_with_every_fraction():
     grid = parse_grid(text, Path("tiny.toml"))
     with pytest.raises(UserError, match=r"^tiny.toml line 11: masker 'random_pixels': 0.01 % of a 32x32 tile is 0.102 "
                                         r"pixels, which rounds to none"):
-        check_cells(grid, GridData(grid))
+        check_grid(grid)
     grid = parse_grid(text.replace("0.0001", "0.001"), Path("fine.toml"))
-    check_cells(grid, GridData(grid))  # 0.1 % is 1.02 pixels: one kept
+    check_grid(grid)  # 0.1 % is 1.02 pixels: one kept
 
 
 

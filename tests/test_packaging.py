@@ -9,7 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from bench.grid import GRID_DIR
+from bench.grid_files import GRID_DIR
 
 PROJECT = GRID_DIR.parent
 SHIPPED = {"pyproject.toml", "README.md", "bench", "registry", "tasks"}
@@ -32,7 +32,7 @@ def test_a_wheel_install_finds_the_shipped_grids(tmp_path):
     site = Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
     # The wheel's packages come first on the path, so neither the checkout nor its editable install is seen.
     env = {**os.environ, "PYTHONPATH": str(site)}
-    probe = ("import bench.grid as g; print(g.__file__); print(g.resolve_grid_path('default')); "
+    probe = ("import bench.grid_files as g; print(g.__file__); print(g.resolve_grid_path('default')); "
              "print(' '.join(g.list_grids()))")
     lines = subprocess.run([sys.executable, "-c", probe], check=True, cwd=elsewhere, env=env,
                            capture_output=True, text=True).stdout.splitlines()

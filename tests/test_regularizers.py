@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import registry
+from bench.cell_job import GridData
 from bench.grid import parse_grid
-from bench.runner import GridData
 from bench.train import train_cell
 from registry.errors import UserError
 

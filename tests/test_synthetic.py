@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import registry
+from bench.cell_job import GridData
 from bench.grid import parse_grid
-from bench.runner import GridData
 from bench.train import train_cell
 from registry.datasets import synthetic
 from registry.datasets.synthetic import CLASS_NAMES, generate_tile
@@ -267,13 +267,3 @@ def test_buildings_are_small_and_mostly_beside_roads(scenes):
     assert len(sizes) > len(masks), "fewer than one building a tile"
     assert max(sizes) <= 0.01 * size * size
     assert np.mean(np.array(distances) < 0.2 * size) > 0.8
-
-
-# -- speed -------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("size", [64, 128])
-def test_speed(benchmark, size):
-    """Recorded, not asserted: the machines are shared. The default grid generates 640 tiles of 128 pixels."""
-    indices = iter(range(10**6))
-    benchmark(lambda: generate_tile(0, next(indices), size))

@@ -10,11 +10,14 @@ import pytest
 import torch
 
 import registry
+from bench.cell_job import GridData
 from bench.data import Normalizer
+from bench.device import Precision, choose_precision
 from bench.grid import parse_grid
-from bench.runner import GridData, RunEvents, run_grid
+from bench.outputs import OutputFolder
+from bench.runner import RunEvents, run_grid
 from bench.store import ResultStore
-from bench.train import CellData, Precision, choose_precision, evaluate_best_on_test, summarize, train_cell
+from bench.train import CellData, evaluate_best_on_test, summarize, train_cell
 
 EPOCHS = 3
 GRID = f"""\
@@ -156,7 +159,7 @@ def test_a_cell_stopped_before_its_test_pass_resumes_with_it_without_training(tm
     grid = grid_file(tmp_path)
     cell = grid.cells[0]
     with pytest.raises(KeyboardInterrupt):
-        run_grid(grid, tmp_path / "runs", CPU, StopAfterLastEpoch())
+        run_grid(grid, OutputFolder(tmp_path / "runs"), CPU, StopAfterLastEpoch())
     store = ResultStore(tmp_path / "runs" / "results.sqlite")
     stopped = store.get(cell.cell_id)
     store.close()
@@ -164,7 +167,7 @@ def test_a_cell_stopped_before_its_test_pass_resumes_with_it_without_training(tm
     assert (tmp_path / "runs" / "checkpoints" / cell.cell_id / "last.pt").exists()
 
     events = CountSteps()
-    summary = run_grid(grid, tmp_path / "runs", CPU, events)
+    summary = run_grid(grid, OutputFolder(tmp_path / "runs"), CPU, events)
     assert summary.done == [cell.cell_id] and events.steps == 0  # no training step taken
     store = ResultStore(tmp_path / "runs" / "results.sqlite")
     resumed = store.get(cell.cell_id)
@@ -174,7 +177,7 @@ def test_a_cell_stopped_before_its_test_pass_resumes_with_it_without_training(tm
 
     # The same test figures as a run that was never stopped.
     straight = CountSteps()
-    run_grid(grid, tmp_path / "straight", CPU, straight)
+    run_grid(grid, OutputFolder(tmp_path / "straight"), CPU, straight)
     assert straight.steps == EPOCHS * 2  # 8 tiles in batches of 4
     store = ResultStore(tmp_path / "straight" / "results.sqlite")
     expected = store.get(cell.cell_id).metrics
