@@ -121,8 +121,8 @@ DISK_FAULTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
 def disk_fault(err: BaseException) -> str | None:
     """One line for an error that every later cell would meet too (a full or read-only disk), else None."""
     if isinstance(err, OSError) and err.errno in DISK_FAULTS:
-        where = f" writing {err.filename}" if err.filename else ""
-        return f"{DISK_FAULTS[err.errno]}{where}"
+        writing = f" writing {err.filename}" if err.filename else ""
+        return f"{DISK_FAULTS[err.errno]}{writing}"
     return None
 
 

@@ -35,8 +35,7 @@ def build_checked(build: Callable[[], Any], kind: str, component: Component, pla
         message = str(err)
     except Exception as err:  # noqa: BLE001  (a plugin's builder may raise anything for a bad value)
         message = builder_failure(kind, component, err)
-    where = place(message) if callable(place) else place
-    raise UserError(f"{where}: {message}") from None
+    raise UserError(f"{place(message) if callable(place) else place}: {message}") from None
 
 
 def check_grid(grid: Grid) -> GridData:

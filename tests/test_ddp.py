@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from ddp_worker import fixed_model, one_step_gradients, sharded_evaluation, step_batch
+from grids import synthetic_grid
 
 from bench import distributed
 from bench.batches import DeviceBatches, TrainBatches
@@ -28,27 +29,8 @@ from registry.errors import UserError
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 CPU = torch.device("cpu")
-GRID = """\
-[dataset]
-name = "synthetic"
-tile_size = 32
-train_size = TILES
-val_size = 6
-test_size = 4
-
-[axes]
-archs = [{ name = "unet", base_channels = 4, depth = 3 }]
-losses = [LOSS]
-maskers = [MASKER]
-fractions = [0.5]
-
-[recipe]
-epochs = EPOCHS
-batch_size = BATCH
-eval_batch_size = 4
-lr = LR
-RECIPE
-"""
+GRID = synthetic_grid("TILES", 6, 4, losses="LOSS", maskers="MASKER", epochs="EPOCHS", batch_size="BATCH",
+                      recipe="eval_batch_size = 4\nlr = LR\nRECIPE")
 EPOCHS, TILES, BATCH, STOP_AFTER = 5, 48, 8, 2
 TRAIN = {"LOSS": '"partial_ce"', "MASKER": '"random_pixels"', "EPOCHS": str(EPOCHS), "TILES": str(TILES),
          "BATCH": str(BATCH), "LR": "0.02", "RECIPE": 'augment = []\nsync_batchnorm = true\noptimizer = "sgd"'}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from grids import synthetic_grid
 
 import registry
 from bench.executors import DevicePoolExecutor, parse_devices
@@ -25,24 +26,7 @@ from registry.errors import UserError
 HERE = Path(__file__).parent
 PLUGIN = str(HERE / "dying_arch.py")
 CPU = torch.device("cpu")
-GRID = """\
-[dataset]
-name = "synthetic"
-tile_size = 32
-train_size = 32
-val_size = 8
-test_size = 8
-
-[axes]
-archs = [ARCH]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.2, 0.5]
-
-[recipe]
-epochs = 3
-batch_size = 8
-"""
+GRID = synthetic_grid(32, 8, 8, arch="ARCH", fractions="0.2, 0.5", epochs=3, batch_size=8)
 STEPS_PER_EPOCH = 4
 DETERMINISTIC = ("best_miou", "final_miou", "final_accuracy", "confusion_matrix", "test_miou", "test_epoch")
 

@@ -12,26 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from grids import synthetic_grid
 
 EPOCHS = 4
-GRID = f"""\
-[dataset]
-name = "synthetic"
-tile_size = 32
-train_size = 96
-val_size = 8
-test_size = 8
-
-[axes]
-archs = [{{ name = "unet", base_channels = 8, depth = 3 }}]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.2, 0.3, 0.4]
-
-[recipe]
-epochs = {EPOCHS}
-batch_size = 8
-"""
+GRID = synthetic_grid(96, 8, 8, arch='{ name = "unet", base_channels = 8, depth = 3 }', fractions="0.2, 0.3, 0.4",
+                      epochs=EPOCHS, batch_size=8)
 DETERMINISTIC = ("best_miou", "final_miou", "final_accuracy", "confusion_matrix", "final_per_batch_miou",
                  "test_miou", "test_confusion_matrix", "test_epoch")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from grids import synthetic_grid
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
@@ -25,24 +26,7 @@ from registry.errors import UserError
 
 CPU = torch.device("cpu")
 EPOCHS = 3
-GRID = f"""\
-[dataset]
-name = "synthetic"
-tile_size = 32
-train_size = 16
-val_size = 8
-test_size = 8
-
-[axes]
-archs = [{{ name = "unet", base_channels = 4, depth = 3 }}]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.2, 0.5]
-
-[recipe]
-epochs = {EPOCHS}
-batch_size = 8
-"""
+GRID = synthetic_grid(16, 8, 8, fractions="0.2, 0.5", epochs=EPOCHS, batch_size=8)
 BOTH = ["mlflow", "tensorboard"]
 # what every epoch record is logged as, besides the per-class IoU ("iou/<class>")
 EPOCH_SCALARS = ("train_loss", "miou", "accuracy", "per_batch_miou", "lr", "train_seconds", "eval_seconds")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from grids import synthetic_grid
 
 import registry
 from bench.cell_job import GridData
@@ -20,26 +21,7 @@ from bench.store import ResultStore
 from bench.train import CellData, evaluate_best_on_test, summarize, train_cell
 
 EPOCHS = 3
-GRID = f"""\
-[dataset]
-name = "synthetic"
-tile_size = 32
-train_size = 8
-val_size = 4
-test_size = 6
-
-[axes]
-archs = [{{ name = "unet", base_channels = 4, depth = 3 }}]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.5]
-
-[recipe]
-epochs = {EPOCHS}
-batch_size = 4
-eval_batch_size = 4
-lr = 0.01
-"""
+GRID = synthetic_grid(test_size=6, epochs=EPOCHS, recipe="eval_batch_size = 4\nlr = 0.01")
 CPU = torch.device("cpu")
 
 

@@ -17,27 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from grids import synthetic_grid
 
 from bench.cli import main
 
-TINY = """\
-[dataset]
-name = "synthetic"
-tile_size = 32
-train_size = 8
-val_size = 4
-test_size = 4
-
-[axes]
-archs = [{ name = "unet", base_channels = 4, depth = 3 }]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.5]
-
-[recipe]
-epochs = 1
-batch_size = 4
-"""
+TINY = synthetic_grid()
 
 
 def bench(*args: str, cwd: Path, timeout: float = 300, **options) -> subprocess.CompletedProcess:
