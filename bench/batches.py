@@ -60,8 +60,8 @@ class EpochOrder:
 
 
 class TrainBatches:
-    """Shuffled, augmented training batches for one epoch at a time, read by a DataLoader, on the CPU: uint8 images
-    ``[B, H, W, C]`` and int8 masks ``[B, H, W]``.
+    """Shuffled, augmented training batches for one epoch at a time, read by a DataLoader, on the CPU: images
+    ``[B, H, W, C]`` in the dataset's dtype and int8 masks ``[B, H, W]``.
 
     Over several processes the tiles of each rank's share are chosen before they are read and augmented, so no rank
     does another's work, and a tile is augmented as in one process (its draws depend on the seed, epoch and tile
@@ -123,7 +123,7 @@ class DeviceBatches:
                 draws = torch.Generator().manual_seed(derive_seed(self.seed, AUGMENT_STREAM, epoch, step))
                 forward = draw_transforms(self.augment, len(indices), images.shape[-1], draws)
                 images, target = warp(images, target, self.order.share(forward))
-            yield self.normalize.scale(images), target
+            yield self.normalize.scale(images, self.store.images.dtype), target
 
 
 def eval_batches(images, masks, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

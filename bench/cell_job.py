@@ -24,7 +24,7 @@ import torch
 
 import registry
 from bench import checkpoints
-from bench.data import partial_masks
+from bench.data import annotated_pixels, partial_masks
 from bench.identity import Cell, Grid
 from bench.provenance import provenance
 from bench.train import CellData, train_cell
@@ -71,6 +71,7 @@ class GridData:
         self.dataset = registry.create_dataset(grid.dataset.name, **grid.dataset_kwargs())  # identity and location
         self._masks_key: tuple | None = None
         self._masks: np.ndarray | None = None
+        self._train_annotated: int | None = None
 
     def tile_shape(self) -> tuple[int, int, int]:
         images, _ = self.dataset.split("val")
@@ -83,11 +84,13 @@ class GridData:
         if key != self._masks_key:
             masker = registry.create_masker(cell.masker.name, **cell.masker.kwargs)
             self._masks, self._masks_key = partial_masks(train_full, masker, cell.fraction, cell.seed), key
+            self._train_annotated = annotated_pixels(train_full)  # "labelled %" is a share of these
         test_images = test_masks = None
         if "test" in self.dataset.splits:
             test_images, test_masks = self.dataset.split("test")
         return CellData(train_images, self._masks, val_images, val_masks, self.dataset.num_classes,
-                        tuple(self.dataset.mean), tuple(self.dataset.std), test_images, test_masks)
+                        tuple(self.dataset.mean), tuple(self.dataset.std), test_images, test_masks,
+                        self._train_annotated)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ where the component stands in the grid file, or the ``--set`` that gave it: :fun
 both stages. When a grid file is read (:func:`bench.grid.parse_grid`), what the file alone shows: each loss and masker
 built with its arguments. Once the grid's dataset is built (:func:`check_grid`, which a run and a dry run both call
 before the store is touched), what needs its tiles: the architectures' size divisors against the tile sides, the class
-weights against the class count, the losses with those weights, what each masker can honour on tiles of this size.
+weights against the class count, the losses with those weights, what each masker can honour on tiles of this size,
+and that no split is left with no annotated pixel at all.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def build_checked(build: Callable[[], Any], kind: str, component: Component, pla
     raise UserError(f"{place(message) if callable(place) else place}: {message}") from None
 
 
+def any_annotated(masks) -> bool:
+    """Whether full masks ``[N, H, W]`` hold an annotated pixel (not ``-1``), read a few hundred tiles at a time and
+    no further than the first that has one; an unsigned mask has no ``-1`` (an empty split is another check's)."""
+    if len(masks) == 0 or masks.dtype.kind == "u":
+        return True
+    return any(bool((masks[start:start + 256] >= 0).any()) for start in range(0, len(masks), 256))
+
+
 def check_grid(grid: Grid) -> GridData:
     """The grid's dataset, built, and every check that needs it passed: raises :class:`UserError` naming the
     problem."""
@@ -46,6 +55,11 @@ def check_grid(grid: Grid) -> GridData:
         if len(data.dataset.split(split)[0]) == 0:
             message = f"dataset {grid.dataset.name!r} has no {split} tiles: a cell needs tiles to {purpose}"
             raise UserError(f"{grid.dataset_place(f'{split}_size')}: {message}")
+    for split, purpose in (("train", "train on"), ("val", "be evaluated on"), ("test", "be tested on")):
+        if split in data.dataset.splits and not any_annotated(data.dataset.split(split)[1]):
+            message = (f"dataset {grid.dataset.name!r} has no annotated pixel in its {split} split (every mask pixel "
+                       f"is -1, not annotated): a cell needs labels to {purpose}")
+            raise UserError(f"{grid.place('dataset', grid.dataset.name)}: {message}")
     height, width, channels = data.tile_shape()
     num_classes = data.dataset.num_classes
     weights = grid.cells[0].recipe["class_weights"]

@@ -165,8 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", parents=[plugins],
                                   help="convert a dataset once into the cache that training reads")
-    prepare.add_argument("dataset", help="a dataset that reads files, e.g. landcoverai")
-    prepare.add_argument("--root", required=True, type=Path, help="the folder of your copy of the dataset")
+    prepare.add_argument("dataset", nargs="?", help="a dataset that reads files, e.g. landcoverai")
+    prepare.add_argument("--grid", help="instead of DATASET and its options: the dataset of this grid (a name or a "
+                                        "path to a TOML file), with the grid's arguments")
+    prepare.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                         help="with --grid: override a value of the grid file, as for bench run; repeatable")
+    prepare.add_argument("--root", type=Path, help="the folder of your copy of the dataset (with --grid: sets the "
+                                                   "grid's, as bench run's --data-root)")
     prepare.add_argument("--size", type=positive_int, help="tile side in the cache (default: the dataset's, 384)")
     prepare.add_argument("--layout", help="which layout of the copy to read (default: auto)")
     prepare.add_argument("--resize", help="how tiles are resized to --size: area (default) or bilinear (the reference "
@@ -488,15 +493,29 @@ def prepare_dataset(name: str, kwargs: dict, console: Console):
 
 
 def command_prepare(args: argparse.Namespace, console: Console) -> int:
-    options = {"root": args.root, "size": args.size, "layout": args.layout, "resize": args.resize,
-               "cache_dir": args.cache_dir, "verify": True}  # the command that says "ready" reads every byte first
+    """A dataset's cache: of DATASET with the options given, or (--grid) of the grid's dataset with its arguments."""
+    options = {"size": args.size, "layout": args.layout, "resize": args.resize, "cache_dir": args.cache_dir}
+    if args.grid is not None:
+        given = [f"--{name.replace('_', '-')}" for name, value in options.items() if value is not None]
+        if args.dataset is not None or given:
+            raise UserError(f"prepare --grid takes the dataset and its arguments from the grid: drop "
+                            f"{' and '.join(([args.dataset] if args.dataset else []) + given)} (or use --set)")
+        grid = load_grid(args.grid, overrides=args.overrides, data_root=args.root)
+        name, kwargs = grid.dataset.name, grid.dataset_kwargs()
+    elif args.dataset is None or args.root is None:
+        raise UserError("prepare needs a DATASET and --root, or --grid")
+    elif args.overrides:
+        raise UserError("prepare: --set is for --grid")
+    else:
+        name, kwargs = args.dataset, {"root": args.root, **{k: v for k, v in options.items() if v is not None}}
     started = time.perf_counter()
-    cache = prepare_dataset(args.dataset, {k: v for k, v in options.items() if v is not None}, console)
+    # the command that says "ready" reads every byte first
+    cache = prepare_dataset(name, {**kwargs, "verify": True}, console)
     if cache is None:
-        raise UserError(f"dataset {args.dataset!r} needs no preparation")
+        raise UserError(f"dataset {name!r} needs no preparation")
     counts = cache.manifest["counts"]
     tiles, size = sum(counts.values()), cache.manifest["tile_size"]
-    console.print(f"{args.dataset} ready in {time.perf_counter() - started:.1f} s: "
+    console.print(f"{name} ready in {time.perf_counter() - started:.1f} s: "
                   f"{', '.join(f'{n} {split}' for split, n in counts.items())} tiles of {size}x{size} px, "
                   f"{cache.nbytes() / 1e6:.1f} MB ({cache.nbytes() / tiles / 1e3:.0f} kB per tile) in {cache.folder}",
                   highlight=False, soft_wrap=True)
@@ -521,9 +540,7 @@ def command_perf(args: argparse.Namespace, console: Console) -> int:
                         f"on {device}"):
         report = run_perf(config, device)
     show(console, perf_listing(report))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(args.json, json.dumps(report, indent=2) + "\n")
-    console.print(f"figures written to {args.json}", highlight=False)
+    write_output(args.json, json.dumps(report, indent=2) + "\n", "figures", console)
     return 0
 
 
@@ -538,10 +555,15 @@ def command_export(args: argparse.Namespace, console: Console) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(Path(args.output), text)
-        console.print(f"{len(rows)} cells written to {args.output}", highlight=False)
+        write_output(Path(args.output), text, f"{len(rows)} cells", console)
     return 0
+
+
+def write_output(path: Path, text: str, what: str, console: Console) -> None:
+    """``text`` at ``path`` (checked writable before the work), atomically; says ``what`` was written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, text)
+    console.print(f"{what} written to {path}", highlight=False)
 
 
 def command_leaderboard(args: argparse.Namespace, console: Console) -> int:

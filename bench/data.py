@@ -71,15 +71,27 @@ def draw_partial(masker, full_mask: torch.Tensor, fraction: float, seed: int, in
     return masker(full_mask, fraction, tile_generator(seed, index))
 
 
+def annotated_pixels(masks: np.ndarray) -> int | None:
+    """How many pixels of full masks ``[N, H, W]`` are annotated (not ``-1``); None when all are (always for an
+    unsigned dtype). Counted a few hundred tiles at a time: a memory-mapped split is never read whole into RAM."""
+    if masks.dtype.kind == "u":
+        return None
+    count = sum(int(np.count_nonzero(masks[start:start + 256] >= 0)) for start in range(0, len(masks), 256))
+    return None if count == masks.size else count
+
+
 def partial_masks(masks: np.ndarray, masker, fraction: float, seed: int) -> np.ndarray:
-    """Apply ``masker`` to every full mask (uint8 ``[N, H, W]``); returns int8 ``[N, H, W]`` with ``-1`` unlabelled.
+    """Apply ``masker`` to every full mask (``[N, H, W]``: uint8, or int8/int16 with ``-1`` where a pixel is not
+    annotated); returns int8 ``[N, H, W]`` (int16 for int16 masks) with ``-1`` unlabelled, which every not-annotated
+    pixel stays.
 
     int8, not uint8: ``-1`` must stay ``-1`` (as uint8 it would be 255), and one byte per pixel keeps a large split's
     partial labels as small as its full ones."""
-    out = np.empty(masks.shape, dtype=np.int8)
+    out = np.empty(masks.shape, dtype=np.int8 if masks.dtype.itemsize == 1 else np.int16)
     for index in range(len(masks)):
         full = torch.from_numpy(masks[index].astype(np.int64))
         partial = draw_partial(masker, full, fraction, seed, index)
+        # equal to the full mask or -1 everywhere: so -1 wherever the full mask is (not annotated)
         if partial.shape != full.shape or not bool(((partial == full) | (partial == UNLABELLED)).all()):
             raise ValueError(f"masker {masker!r} returned a mask that is not a partial copy of tile {index}")
         out[index] = partial.numpy()
@@ -91,8 +103,10 @@ class AugmentedTiles(torch.utils.data.Dataset):
 
     Flips and quarter turns move pixels without interpolating them, so a ``-1`` stays ``-1`` and every label stays on
     its pixel; ``shift_scale_rotate`` moves masks by their nearest pixel and fills what it exposes with ``-1``. Items
-    are (image uint8 ``[H, W, C]``, mask int8 ``[H, W]``): normalising on the device is cheaper than
-    shipping floats.
+    are (image ``[H, W, C]`` in the dataset's dtype, uint8, uint16 or float32, mask int8 ``[H, W]``): normalising on
+    the device is cheaper than shipping floats. albumentations keeps the dtype (uint16 is interpolated and rounded
+    as uint8 is; float32 is neither rounded nor clipped) and takes any number of channels (OpenCV warps more than four
+    in chunks).
     """
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, augment: Sequence[str], seed: int):
@@ -115,19 +129,40 @@ class AugmentedTiles(torch.utils.data.Dataset):
         return owned_tensor(image), owned_tensor(mask)
 
 
+# The scale of each image dtype a dataset may give: a dataset's mean and std are in units of it (uint8 values / 255,
+# uint16 values / 65535, float32 values as they are).
+IMAGE_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.float32: 1.0}
+
+
+def image_scale(dtype: torch.dtype | np.dtype) -> float:
+    """The value that stands for 1.0 in images of ``dtype`` (a torch or NumPy dtype)."""
+    if not isinstance(dtype, torch.dtype):
+        dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    if dtype not in IMAGE_SCALES:
+        raise ValueError(f"images must be uint8, uint16 or float32, not {dtype}")
+    return IMAGE_SCALES[dtype]
+
+
 class Normalizer:
-    """uint8 ``[N, H, W, C]`` images to normalised float ``[N, C, H, W]`` on the device; masks to int64."""
+    """Images ``[N, H, W, C]`` of a dataset's dtype (uint8, uint16 or float32) to normalised float ``[N, C, H, W]``
+    on the device; masks to int64. ``mean`` and ``std`` are per channel in units of the dtype's scale
+    (:data:`IMAGE_SCALES`): the images travel to the device in their own dtype and are normalised there."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+        mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        # in each dtype's units, computed once (for uint8 the very tensors this class always used)
+        self.moments = {dtype: (mean * scale, std * scale) for dtype, scale in IMAGE_SCALES.items()}
         self.device = device
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = images.dtype
         images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return self.scale(images), masks.to(self.device, non_blocking=True).to(torch.int64)
+        return self.scale(images, dtype), masks.to(self.device, non_blocking=True).to(torch.int64)
 
-    def scale(self, images: torch.Tensor) -> torch.Tensor:
-        """Float images ``[N, C, H, W]`` in 0..255, already on the device, normalised, in the channels-last layout
-        the models run in."""
-        return ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+    def scale(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Float images ``[N, C, H, W]`` in the units of ``dtype`` (the dtype they were converted from: 0..255 for
+        uint8), already on the device, normalised, in the channels-last layout the models run in."""
+        image_scale(dtype)  # an unsupported dtype is named
+        mean, std = self.moments[dtype]
+        return ((images - mean) / std).contiguous(memory_format=torch.channels_last)

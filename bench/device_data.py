@@ -1,6 +1,7 @@
-"""The device-resident training path's pieces: tiles uploaded once as uint8 (:class:`TileStore`), partial masks drawn
-once, and augmentation as affine maps applied on the device (:func:`draw_transforms`, :func:`warp`); its batches,
-sampled, augmented and normalised on the device in one pass, are :class:`bench.batches.DeviceBatches`.
+"""The device-resident training path's pieces: tiles uploaded once in their own dtype, uint8, uint16 or float32
+(:class:`TileStore`), partial masks drawn once, and augmentation as affine maps applied on the device
+(:func:`draw_transforms`, :func:`warp`); its batches, sampled, augmented and normalised on the device in one pass, are
+:class:`bench.batches.DeviceBatches`.
 
 Augmentations are affine maps of pixel coordinates, so a tile's flips, quarter turn and shift-scale-rotate compose into
 one 3x3 matrix, applied with one ``grid_sample`` per batch: bilinear for images (filled with 0 where the map reaches
@@ -119,9 +120,10 @@ def warp(images: torch.Tensor, masks: torch.Tensor, forward: torch.Tensor) -> tu
 
 
 def fits_on_device(nbytes: int, device: torch.device) -> bool:
-    """Whether tiles of ``nbytes`` take at most DEVICE_SHARE of the device's free memory. Free includes what this
-    process's allocator holds unused (the previous cell's tensors): cudaMemGetInfo counts it as taken, and a later cell
-    would otherwise fall back to the slower host path that an earlier one did not take."""
+    """Whether tiles of ``nbytes`` (their real size: two bytes a value for uint16, four for float32) take at most
+    DEVICE_SHARE of the device's free memory. Free includes what this process's allocator holds unused (the previous
+    cell's tensors): cudaMemGetInfo counts it as taken, and a later cell would otherwise fall back to the slower host
+    path that an earlier one did not take."""
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info(device)
@@ -138,8 +140,9 @@ def upload(array: np.ndarray, device: torch.device, pin: bool = False) -> torch.
 
 
 class TileStore:
-    """Images uint8 ``[N, H, W, C]`` and masks int8 ``[N, H, W]`` where the device reads them fast: in its memory when
-    they fit, otherwise in pinned host memory, gathered into alternating pinned buffers and copied without blocking."""
+    """Images ``[N, H, W, C]`` in their dataset's dtype (uint8, uint16 or float32; converted to float only batch by
+    batch) and masks int8 ``[N, H, W]`` where the device reads them fast: in its memory when they fit, otherwise in
+    pinned host memory, gathered into alternating pinned buffers and copied without blocking."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, device: torch.device, batch_size: int):
         self.device = device
@@ -157,9 +160,9 @@ class TileStore:
         return len(self.images)
 
     def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.resident:
+        if self.resident:  # index_select: its kernels take uint16, a dtype few of torch's do
             indices = indices.to(self.device)
-            return self.images[indices], self.masks[indices]
+            return torch.index_select(self.images, 0, indices), torch.index_select(self.masks, 0, indices)
         images, masks, copied = self._buffers[self._turn]
         if copied is not None:
             copied.synchronize()  # the copy that last read this buffer is done: it may be refilled

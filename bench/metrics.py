@@ -16,11 +16,14 @@ import torch
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                      ignore_index: int = -1) -> torch.Tensor:
     """Counts ``[num_classes, num_classes]`` (int64, on the inputs' device): rows are the true class, columns the
-    predicted one. Pixels whose target is ``ignore_index`` are not counted."""
+    predicted one. Pixels whose target is ``ignore_index`` (the ``-1`` of an unlabelled or not-annotated pixel) are not
+    counted. ``target`` may be of any integer dtype: it is compared as int64 (torch would compare a uint8 target with
+    ``-1`` as with 255)."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    target = target.to(torch.int64)
     keep = target != ignore_index
-    truth = target[keep].to(torch.int64)
+    truth = target[keep]
     guess = pred[keep].to(torch.int64)
     if truth.numel() and (truth.min() < 0 or truth.max() >= num_classes):
         raise ValueError(f"target holds a class outside 0..{num_classes - 1}")

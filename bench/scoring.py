@@ -1,6 +1,8 @@
 """The evaluation loop: one pass of a model over a fully labelled split (every epoch's validation, a cell's test
 evaluation, ``bench evaluate``'s external weights), counted into a dataset-level confusion matrix and scored
-(:mod:`bench.metrics`), with the reference's per-batch mIoU beside it.
+(:mod:`bench.metrics`), with the reference's per-batch mIoU beside it. Pixels the dataset has not annotated (``-1``
+in int8 or int16 masks) stay ``-1`` on both data paths (the masks are widened to int64, never cast to uint8) and are
+left out of the counts.
 
 Over several processes batch ``b`` is evaluated by rank ``b % world``; the per-batch counts, exact integers, are
 summed over the ranks before anything is scored, so every rank gets the figures of one process evaluating everything.

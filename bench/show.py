@@ -8,7 +8,8 @@ plots.
   the output folder: the weights that were scored.
 
 Tiles are chosen for showing many classes: among the first ``CANDIDATES`` of a split, those with the most classes
-present, then the lowest index. Labelled pixels are drawn in their class's colour over the image in grey; where an
+present, then the lowest index. Labelled pixels are drawn in their class's colour over the image in grey (so are the
+full labels: a pixel the dataset has not annotated shows the grey image, as an unlabelled one does); where an
 annotation keeps under ``SPARSE`` of a tile's pixels, each labelled pixel is also ringed, so that single points show.
 """
 
@@ -47,9 +48,30 @@ def class_colours(class_names: Sequence[str]) -> np.ndarray:
     return np.array([to_rgb(PALETTE.get(name, f"C{index % 10}")) for index, name in enumerate(class_names)])
 
 
+def rgb_bands(dataset) -> tuple[int, int, int]:
+    """The three channels a dataset's pictures show as red, green and blue: its ``rgb_bands``, else the first three,
+    else channel 0 as grey."""
+    bands = getattr(dataset, "rgb_bands", None)
+    if bands is not None:
+        return tuple(int(band) for band in bands)
+    return (0, 1, 2) if dataset.in_chans >= 3 else (0, 0, 0)
+
+
+def picture(image: np.ndarray, bands: Sequence[int]) -> np.ndarray:
+    """A tile ``[H, W, C]`` as a picture ``[H, W, 3]`` of its ``bands``: uint8 as it is; uint16 and float32, whose
+    range is the data's own, stretched per band from its 2nd to its 98th percentile onto 0..1."""
+    rgb = image[..., list(bands)]
+    if rgb.dtype == np.uint8:
+        return rgb
+    rgb = rgb.astype(np.float64)
+    low, high = np.percentile(rgb, [2, 98], axis=(0, 1), keepdims=True)
+    return np.clip((rgb - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0)
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """The image in faded grey, with each labelled pixel (``mask >= 0``) in its class's colour: RGB ``[H, W, 3]``."""
-    grey = image.astype(np.float64).mean(axis=-1, keepdims=True) / 255.0
+    """The image (a :func:`picture`) in faded grey, with each labelled pixel (``mask >= 0``) in its class's colour:
+    RGB ``[H, W, 3]``."""
+    grey = image.astype(np.float64).mean(axis=-1, keepdims=True) / (255.0 if image.dtype == np.uint8 else 1.0)
     out = np.repeat(0.55 + 0.35 * grey, 3, axis=-1)
     labelled = mask >= 0
     out[labelled] = colours[mask[labelled]]
@@ -64,7 +86,7 @@ def colour_labels(mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
 def tiles_to_show(masks: np.ndarray, count: int) -> list[int]:
     """Indices of ``count`` tiles showing many classes (see the module docstring)."""
     candidates = range(min(CANDIDATES, len(masks)))
-    return sorted(candidates, key=lambda i: (-len(np.unique(masks[i])), i))[:count]
+    return sorted(candidates, key=lambda i: (-int((np.unique(masks[i]) >= 0).sum()), i))[:count]  # -1: no class
 
 
 def annotations(grid: Grid) -> list[Cell]:
@@ -114,15 +136,18 @@ def annotations_figure(grid: Grid, data: GridData, tiles: int) -> Figure:
         masker = registry.create_masker(cell.masker.name, **cell.masker.kwargs)
         kept.append(partial_masks(full[:max(chosen) + 1], masker, cell.fraction, cell.seed))
     figure, axes = _grid_of_axes(len(chosen), 2 + len(columns), legend=True)
+    bands = rgb_bands(data.dataset)
     for row, index in enumerate(chosen):
-        _show(axes[row, 0], images[index])
-        _show(axes[row, 1], colour_labels(full[index], colours))
+        image = picture(images[index], bands)
+        _show(axes[row, 0], image)
+        _show(axes[row, 1], overlay(image, full[index], colours))  # not-annotated pixels (-1) show the image
         for column, (cell, masks) in enumerate(zip(columns, kept, strict=True), start=2):
-            _show(axes[row, column], overlay(images[index], masks[index], colours), masks[index], colours)
+            _show(axes[row, column], overlay(image, masks[index], colours), masks[index], colours)
     axes[0, 0].set_title("image", fontsize="small")
     axes[0, 1].set_title("full labels", fontsize="small")
     for column, (cell, masks) in enumerate(zip(columns, kept, strict=True), start=2):
-        share = 100 * float((masks[chosen] >= 0).mean())
+        # a share of the annotated pixels, as "labelled %" is
+        share = 100 * float(np.count_nonzero(masks[chosen] >= 0) / max(1, np.count_nonzero(full[chosen] >= 0)))
         axes[0, column].set_title(f"{cell.masker.label}\n{share:.3g} % labelled here", fontsize="small")
     seeds = sorted({cell.seed for cell in columns}) or [grid.cells[0].seed]
     figure.suptitle(f"{grid.dataset.name} · grid {grid.name}: annotations (training tiles, seed "
@@ -151,13 +176,13 @@ def best_cells(grid: Grid, rows: Sequence[CellRow]) -> list[CellRow]:
 
 @torch.inference_mode()
 def predict(cell: Cell, checkpoint: Path, images: np.ndarray, data: GridData, device: torch.device) -> np.ndarray:
-    """The cell's best.pt applied to uint8 tiles ``[N, H, W, C]``: class indices ``[N, H, W]``."""
+    """The cell's best.pt applied to tiles ``[N, H, W, C]`` (of the dataset's dtype): class indices ``[N, H, W]``."""
     model = build_model(cell.arch, data.dataset.num_classes, images.shape[-1], device).module
     model.load_state_dict(read(checkpoint)["model"])
     model.eval()
     normalize = Normalizer(data.dataset.mean, data.dataset.std, device)
-    batch = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
-    return model(normalize.scale(batch)).argmax(1).cpu().numpy()
+    batch = torch.from_numpy(np.ascontiguousarray(images))
+    return model(normalize.scale(batch.to(device).permute(0, 3, 1, 2).float(), batch.dtype)).argmax(1).cpu().numpy()
 
 
 def predictions_figure(grid: Grid, data: GridData, shown: Sequence[CellRow], checkpoints: Path, tiles: int,
@@ -172,9 +197,11 @@ def predictions_figure(grid: Grid, data: GridData, shown: Sequence[CellRow], che
     predicted = [predict(current[row.cell_id], checkpoints / row.cell_id / BEST, images[chosen], data, device)
                  for row in shown]
     figure, axes = _grid_of_axes(len(chosen), 2 + len(shown), legend=True)
+    bands = rgb_bands(data.dataset)
     for row_index, index in enumerate(chosen):
-        _show(axes[row_index, 0], images[index])
-        _show(axes[row_index, 1], colour_labels(truth[index], colours))
+        image = picture(images[index], bands)
+        _show(axes[row_index, 0], image)
+        _show(axes[row_index, 1], overlay(image, truth[index], colours))  # not-annotated pixels (-1) show the image
         for column, labels in enumerate(predicted, start=2):
             _show(axes[row_index, column], colour_labels(labels[row_index], colours))
     axes[0, 0].set_title("image", fontsize="small")

@@ -44,17 +44,19 @@ class TrainingDiverged(RuntimeError):
 class CellData:
     """Arrays for one cell: augmented training tiles with partial masks, fully labelled validation tiles (evaluated
     after every epoch) and, when the dataset has them, fully labelled test tiles (evaluated once, with the weights of
-    the best validation epoch)."""
+    the best validation epoch). "Fully labelled": but for the pixels a dataset has not annotated (``-1``), which the
+    metrics leave out."""
 
     train_images: np.ndarray  # uint8 [N, H, W, C]
     train_masks: np.ndarray  # int8 [N, H, W], -1 unlabelled
     val_images: np.ndarray  # uint8 [M, H, W, C]
-    val_masks: np.ndarray  # uint8 [M, H, W]
+    val_masks: np.ndarray  # uint8 [M, H, W], or int8/int16 with -1 not annotated
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     test_images: np.ndarray | None = None  # uint8 [T, H, W, C]
-    test_masks: np.ndarray | None = None  # uint8 [T, H, W]
+    test_masks: np.ndarray | None = None  # as val_masks
+    train_annotated: int | None = None  # annotated pixels of the full training masks; None: every pixel is
 
     @property
     def has_test(self) -> bool:
@@ -62,7 +64,10 @@ class CellData:
 
     @property
     def labelled_fraction(self) -> float:
-        return float((self.train_masks >= 0).mean())
+        """The share of the training split's annotated pixels that the partial masks label ("labelled %")."""
+        if self.train_annotated is None:
+            return float((self.train_masks >= 0).mean())
+        return float(np.count_nonzero(self.train_masks >= 0) / self.train_annotated) if self.train_annotated else 0.0
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, recipe: dict[str, Any], steps_per_epoch: int):

@@ -10,6 +10,7 @@ with the decorators).
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any
 
 from registry.core import DuplicateNameError, Registry, UnknownNameError, import_plugin_module
@@ -52,10 +53,12 @@ written after a loss: ``"partial_ce + 0.1 * entropy"``.
 MASKER_CONTRACT = """Maskers: which pixels keep their label.
 
 An entry is a builder ``(**kw) -> masker`` where ``masker(full_mask[H, W], fraction, generator) -> partial_mask[H, W]``.
-``full_mask`` is an int64 tensor of class indices, ``fraction`` a float in (0, 1], ``generator`` a seeded
-``torch.Generator``. The partial mask is int64, of the same shape, equal to ``full_mask`` where labelled and ``-1``
-elsewhere, and depends only on its inputs and the generator's state (the same seed gives the same pixels). The masker
-has a bool attribute ``uses_fraction``; when it is false the fraction is ignored and a grid runs it once, at 1.0.
+``full_mask`` is an int64 tensor of class indices, ``-1`` where a pixel is not annotated (see the dataset contract),
+``fraction`` a float in (0, 1], a share of the annotated pixels, ``generator`` a seeded ``torch.Generator``. The
+partial mask is int64, of the same shape, equal to ``full_mask`` where labelled and ``-1`` elsewhere (so ``-1`` at
+every not-annotated pixel: a masker draws its pixels, points, blocks or strokes among the annotated ones), and depends
+only on its inputs and the generator's state (the same seed gives the same pixels). The masker has a bool attribute
+``uses_fraction``; when it is false the fraction is ignored and a grid runs it once, at 1.0.
 A masker whose attribute ``takes_tile_index`` is true is called with two more keyword arguments, ``seed`` (the run
 seed) and ``index`` (the tile's position in the training split), for draws that must reproduce another program's
 (``reference_pixels``); it depends only on its inputs then. ``bench.data.draw_partial`` is the one place that calls a
@@ -69,12 +72,21 @@ larger than the tile, a fraction that keeps no pixel); the harness calls it for 
 DATASET_CONTRACT = """Datasets.
 
 An entry is a builder ``(**kw) -> dataset`` with attributes ``num_classes`` (int), ``class_names`` (one str per
-class), ``in_chans`` (int), ``mean`` and ``std`` (per channel, in units of the 0..1 range), ``splits`` (names, with
-at least ``"train"`` and ``"val"``), and a method ``split(name) -> (images, masks)``: ``images`` uint8
-``[N, H, W, in_chans]`` and ``masks`` uint8 ``[N, H, W]`` with values in ``0..num_classes-1`` (NumPy arrays or
-memory maps). Every split is fully labelled: the harness applies the masker to the training split. A ``"test"`` split,
-when there is one, is scored once per cell. Keyword arguments ``root`` and ``cache_dir`` say where the data is: the
-harness passes them (as absolute paths) but leaves them out of a cell's identity.
+class), ``in_chans`` (int), ``mean`` and ``std`` (``in_chans`` values each, in the images' scale, below), ``splits``
+(names, with at least ``"train"`` and ``"val"``), and a method ``split(name) -> (images, masks)``: ``images``
+``[N, H, W, in_chans]`` (uint8, uint16 or float32) and ``masks`` ``[N, H, W]`` (NumPy arrays or memory maps). A
+``"test"`` split, when there is one, is scored once per cell. Keyword arguments ``root`` and ``cache_dir`` say where
+the data is: the harness passes them (as absolute paths) but leaves them out of a cell's identity.
+
+A mask holds class indices ``0..num_classes-1``, or ``-1`` where a pixel is not annotated (LoveDA's no-data,
+DeepGlobe's "unknown", a raster's nodata): uint8 when the dataset has no such pixel, else int8 (``num_classes <=
+127``) or int16. Apart from those pixels every split is fully labelled: the harness applies the masker to the training
+split (it never labels a not-annotated pixel), and the metrics and "labelled %" count annotated pixels only.
+
+Images keep their dtype through the harness (caches and both data paths; they are normalised on the device), so
+``mean`` and ``std`` are in units of its scale: uint8 values / 255, uint16 values / 65535, float32 values as they
+are. An optional attribute ``rgb_bands``, three channel indices, says which channels pictures show as red, green and
+blue (default ``(0, 1, 2)``, or channel 0 as grey when ``in_chans`` is below 3).
 """
 
 
@@ -117,6 +129,15 @@ def _check_dataset(name: str, dataset: Any) -> None:
         raise ContractError(f"dataset {name!r} lacks {', '.join(missing)}")
     if len(dataset.class_names) != dataset.num_classes or not {"train", "val"} <= set(dataset.splits):
         raise ContractError(f"dataset {name!r} needs one class name per class and splits 'train' and 'val'")
+    channels = dataset.in_chans
+    if (not isinstance(channels, numbers.Integral) or channels < 1
+            or not len(dataset.mean) == len(dataset.std) == channels):
+        raise ContractError(f"dataset {name!r} needs an int in_chans >= 1 and a mean and std per channel")
+    bands = getattr(dataset, "rgb_bands", None)
+    if bands is not None and (len(bands) != 3
+                              or not all(isinstance(b, numbers.Integral) and 0 <= b < channels for b in bands)):
+        raise ContractError(f"dataset {name!r}: rgb_bands must be three channel indices in 0..{channels - 1}, "
+                            f"not {bands!r}")
 
 
 ARCHS = Registry("architecture", "partialseg.archs", ARCH_CONTRACT, _check_arch)

@@ -1,5 +1,5 @@
 """Shared fixtures: a private dataset cache for every test, a network that refuses connections, and LandCover.ai
-stand-ins in its real layouts."""
+stand-ins in its real layouts, and rasters for the dataset ``rasters``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import socket
 
 import pytest
 from landcoverai_layout import write_archive, write_tiles
+from raster_layout import SceneSpec, write_layout
 
 import bench  # noqa: F401  (first: it turns albumentations' version check off before a test module imports it)
 
@@ -51,3 +52,12 @@ def landcoverai_tiles(tmp_path_factory, landcoverai_archive):
 def landcoverai_root(landcoverai_archive):
     """The root the dataset contract tests give `landcoverai`."""
     return landcoverai_archive[0]
+
+
+@pytest.fixture(scope="session")
+def rasters_root(tmp_path_factory):
+    """The root the dataset contract tests give `rasters` (with its test arguments): four uint8 RGB scenes whose
+    sides are multiples of its 64-pixel tiles, without nodata, so every mask is fully annotated."""
+    root = tmp_path_factory.mktemp("rasters-contract")
+    write_layout(root, [SceneSpec(f"scene-{i}", 128 + 64 * (i % 2), 192, seed=i) for i in range(4)])
+    return root

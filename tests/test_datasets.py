@@ -25,17 +25,19 @@ def test_contract_attributes(dataset):
     assert len(dataset.class_names) == dataset.num_classes and all(isinstance(n, str) for n in dataset.class_names)
     assert {"train", "val"} <= set(dataset.splits)
     assert len(dataset.mean) == len(dataset.std) == dataset.in_chans
-    assert all(0 <= m <= 1 for m in dataset.mean) and all(0 < s <= 1 for s in dataset.std)
+    assert all(s > 0 for s in dataset.std)
+    if dataset.split("train")[0].dtype != np.float32:  # an integer image's scale is its range: 0..1 holds its figures
+        assert all(0 <= m <= 1 for m in dataset.mean) and all(s <= 1 for s in dataset.std)
 
 
-def test_contract_splits_are_fully_labelled_uint8_arrays(dataset):
+def test_contract_splits_are_labelled_arrays_of_the_contract_dtypes(dataset):
     for name in dataset.splits:
         images, masks = dataset.split(name)
-        assert images.dtype == np.uint8 and masks.dtype == np.uint8
+        assert images.dtype in (np.uint8, np.uint16, np.float32) and masks.dtype in (np.uint8, np.int8, np.int16)
         assert images.ndim == 4 and images.shape[-1] == dataset.in_chans
         assert masks.shape == images.shape[:3]
-        if masks.size:
-            assert masks.max() < dataset.num_classes  # no unlabelled pixel: the masker makes the partial labels
+        if masks.size:  # class indices, and -1 (not annotated) only in a signed mask
+            assert masks.max() < dataset.num_classes and masks.min() >= (-1 if masks.dtype != np.uint8 else 0)
 
 
 def test_contract_splits_are_stable(dataset):

@@ -341,7 +341,7 @@ def test_location_mistakes(located_dataset, tmp_path):
     with pytest.raises(UserError) as info:
         parse(BASE, data_root=tmp_path)  # synthetic reads no files
     assert str(info.value) == (f"--data-root {tmp_path}: dataset 'synthetic': got an unexpected keyword argument "
-                               "'root' (it takes tile_size, train_size, val_size, test_size, seed)")
+                               "'root' (it takes tile_size, train_size, val_size, test_size, seed, nir, dtype)")
 
 
 def test_recipe_keys_added_later_keep_stored_identities_at_their_neutral_value():

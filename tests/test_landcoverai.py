@@ -364,3 +364,31 @@ def test_damage_tifffile_only_logs_fails_the_read_but_metadata_warnings_do_not(l
             read_tiff(path)
     else:
         assert read_tiff(path).shape == (16, 16, 3)
+
+
+def test_prepare_grid_makes_the_cache_the_grids_cells_read(landcoverai_tiles, tmp_path, capsys):
+    """`bench prepare --grid FILE` prepares the grid's dataset with the grid's own arguments (its --set and --root
+    too): the cache a run of that grid opens, and the one `bench prepare DATASET --root ...` names alike."""
+    grid = tmp_path / "mine.toml"
+    grid.write_text('[dataset]\nname = "landcoverai"\nsize = 32\n\n[axes]\narchs = ["unet"]\nlosses = ["partial_ce"]\n'
+                    'maskers = ["full"]\n\n[recipe]\nepochs = 1\n')
+    cache_dir = tmp_path / "cache"
+    code = main(["prepare", "--grid", str(grid), "--root", str(landcoverai_tiles), "--set", "dataset.size=64",
+                 "--set", f"dataset.cache_dir={json.dumps(str(cache_dir))}"])
+    out = capsys.readouterr().out
+    assert code == 0 and "tiles of 64x64 px" in out, out
+    (folder,) = cache_folders(cache_dir)
+    assert (folder / MANIFEST).exists()
+    assert main(prepare_command(landcoverai_tiles, cache_dir)) == 0  # the same cache: found complete
+    assert str(folder) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prepare"], "prepare needs a DATASET and --root, or --grid"),
+    (["prepare", "landcoverai", "--root", ".", "--set", "dataset.size=64"], "prepare: --set is for --grid"),
+    (["prepare", "landcoverai", "--grid", "smoke"], "drop landcoverai (or use --set)"),
+    (["prepare", "--grid", "smoke", "--size", "64"], "drop --size (or use --set)"),
+    (["prepare", "--grid", "smoke"], "dataset 'synthetic' needs no preparation"),
+])
+def test_prepare_arguments_that_do_not_go_together(args, message, capsys):
+    assert_one_line_error(capsys, main(args), message)

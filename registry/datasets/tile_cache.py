@@ -1,5 +1,7 @@
-"""A resumable on-disk cache of square tiles: for each split, ``{split}-images.npy`` (uint8 ``[N, S, S, C]``) and
-``{split}-masks.npy`` (uint8 ``[N, S, S]``), opened as memory maps, so training reads only the pages it touches.
+"""A resumable on-disk cache of square tiles: for each split, ``{split}-images.npy`` (``[N, S, S, C]``) and
+``{split}-masks.npy`` (``[N, S, S]``), opened as memory maps, so training reads only the pages it touches. The plan
+says the arrays' dtypes: uint8 for both by default (LandCover.ai's); images may be uint8, uint16 or float32 and masks
+uint8, int8 or int16 (where ``-1`` marks a pixel that is not annotated), any number of channels.
 
 A dataset fills the cache in **units** (an orthophoto, a batch of tile files), each named by a key and fingerprinted by
 its source files. Tiles are written in place with ``pwrite`` (not through a memory map, so the writer's memory stays
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import cv2
 import numpy as np
 
 from registry.errors import UserError
@@ -32,27 +35,41 @@ from registry.locks import folder_lock
 
 FORMAT = 2  # bump when the files' layout changes: an older cache is then rebuilt, never misread
 MANIFEST, PROGRESS = "manifest.json", "progress.json"
+IMAGE_DTYPES = ("uint8", "uint16", "float32")
+MASK_DTYPES = ("uint8", "int8", "int16")
 
 
 @dataclass(frozen=True)
 class CachePlan:
-    """What a cache holds: the tile ids of each split in order, the tile side and channels, and a description of the
-    source (layout, size, split files...). Two plans with the same key describe the same cache."""
+    """What a cache holds: the tile ids of each split in order, the tile side and channels, the arrays' dtypes, and a
+    description of the source (layout, size, split files...). Two plans with the same key describe the same cache."""
 
     ids: dict[str, list[str]]
     tile_size: int
     in_chans: int
     source: dict[str, Any]
+    image_dtype: str = "uint8"
+    mask_dtype: str = "uint8"
+
+    def __post_init__(self) -> None:
+        if self.image_dtype not in IMAGE_DTYPES or self.mask_dtype not in MASK_DTYPES:
+            raise ValueError(f"cache dtypes: images {self.image_dtype!r} (one of {', '.join(IMAGE_DTYPES)}), "
+                             f"masks {self.mask_dtype!r} (one of {', '.join(MASK_DTYPES)})")
 
     @property
     def key(self) -> str:
-        canonical = json.dumps({"format": FORMAT, "ids": self.ids, "tile_size": self.tile_size,
-                                "in_chans": self.in_chans, "source": self.source}, sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        described = {"format": FORMAT, "ids": self.ids, "tile_size": self.tile_size, "in_chans": self.in_chans,
+                     "source": self.source}
+        if (self.image_dtype, self.mask_dtype) != ("uint8", "uint8"):  # so that uint8 caches keep their keys
+            described["dtypes"] = [self.image_dtype, self.mask_dtype]
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
     def shape(self, split: str, kind: str) -> tuple[int, ...]:
         side = (len(self.ids[split]), self.tile_size, self.tile_size)
         return (*side, self.in_chans) if kind == "images" else side
+
+    def dtype(self, kind: str) -> np.dtype:
+        return np.dtype(self.image_dtype if kind == "images" else self.mask_dtype)
 
 
 def file_fingerprint(*paths: Path) -> str:
@@ -145,8 +162,8 @@ class TileCacheWriter:
         for split in self.plan.ids:
             for kind in ("images", "masks"):
                 # open_memmap writes the .npy header and sizes the file (sparse) without touching its pages.
-                array = np.lib.format.open_memmap(_array_path(self.folder, split, kind), mode="w+", dtype=np.uint8,
-                                                  shape=self.plan.shape(split, kind))
+                array = np.lib.format.open_memmap(_array_path(self.folder, split, kind), mode="w+",
+                                                  dtype=self.plan.dtype(kind), shape=self.plan.shape(split, kind))
                 del array
 
     def _open(self, split: str, kind: str) -> tuple[int, int]:
@@ -157,7 +174,7 @@ class TileCacheWriter:
                            else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read_header(f)
             offset = f.tell()
-        if shape != self.plan.shape(split, kind) or dtype != np.uint8:
+        if shape != self.plan.shape(split, kind) or dtype != self.plan.dtype(kind):
             raise UserError(f"{path}: unexpected array {shape} {dtype} in the cache; delete {self.folder} and retry")
         return os.open(path, os.O_RDWR), offset
 
@@ -172,12 +189,12 @@ class TileCacheWriter:
     def write(self, split: str, index: int, image: np.ndarray, mask: np.ndarray) -> None:
         for kind, tile in (("images", image), ("masks", mask)):
             fd, offset = self._files[split, kind]
-            expected = self.plan.shape(split, kind)[1:]
-            if tile.shape != expected or tile.dtype != np.uint8:
+            expected, dtype = self.plan.shape(split, kind)[1:], self.plan.dtype(kind)
+            if tile.shape != expected or tile.dtype != dtype:
                 raise ValueError(f"tile {split}[{index}] {kind}: got {tile.shape} {tile.dtype}, "
-                                 f"expected {expected} uint8")
-            data = np.ascontiguousarray(tile).tobytes()
-            os.pwrite(fd, data, offset + index * len(data))
+                                 f"expected {expected} {dtype}")
+            data = np.ascontiguousarray(tile)  # copied only when it is a view of a larger array
+            os.pwrite(fd, memoryview(data).cast("B"), offset + index * data.nbytes)
 
     def unit_done(self, key: str, fingerprint: str, tiles: int, payload: dict[str, Any]) -> None:
         """Record unit ``key`` as written (after syncing its tiles to disk), with a payload kept for :meth:`finish`."""
@@ -203,7 +220,8 @@ class TileCacheWriter:
             os.fsync(fd)
         arrays = {path.name: _record(path) for path in self._array_paths()}
         manifest = {"format": FORMAT, "plan": self.plan.key, "ids": self.plan.ids, "tile_size": self.plan.tile_size,
-                    "in_chans": self.plan.in_chans, "source": self.plan.source,
+                    "in_chans": self.plan.in_chans, "image_dtype": self.plan.image_dtype,
+                    "mask_dtype": self.plan.mask_dtype, "source": self.plan.source,
                     "fingerprints": {key: self.units[key]["fingerprint"] for key in unit_keys}, "arrays": arrays,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
         _write_json(self.folder / MANIFEST, manifest)
@@ -250,3 +268,31 @@ class TileCache:
 
     def nbytes(self) -> int:
         return sum(_array_path(self.folder, s, k).stat().st_size for s in self.ids for k in ("images", "masks"))
+
+
+# -- resizing tiles ------------------------------------------------------------------------------------------------
+
+
+def centre_indices(source: int, size: int) -> np.ndarray:
+    """For each of ``size`` output pixels along a side of ``source`` pixels, the source pixel under its centre: what
+    a mask resized to ``size`` takes (no class is blended, no half-pixel shift)."""
+    return np.floor((np.arange(size) + 0.5) * (source / size)).astype(np.intp)
+
+
+def resize_area(image: np.ndarray, size: int) -> np.ndarray:
+    """An ``[H, W, C]`` tile (uint8, uint16 or float32, any number of channels) at ``size`` x ``size``, filtered by
+    area (OpenCV's INTER_AREA, four channels at a time: OpenCV takes at most four)."""
+    if image.shape[:2] == (size, size):
+        return image
+    parts = [cv2.resize(image[..., start:start + 4], (size, size), interpolation=cv2.INTER_AREA)
+             for start in range(0, image.shape[-1], 4)]
+    parts = [part[..., None] if part.ndim == 2 else part for part in parts]  # OpenCV drops a single channel's axis
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """An ``[H, W]`` mask at ``size`` x ``size``: each pixel takes the class under its centre (see
+    :func:`centre_indices`); ``-1`` stays ``-1``."""
+    if mask.shape == (size, size):
+        return mask
+    return mask[np.ix_(centre_indices(mask.shape[0], size), centre_indices(mask.shape[1], size))]

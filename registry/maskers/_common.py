@@ -45,6 +45,15 @@ def labels_of(full_mask: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(full_mask.detach().to("cpu", torch.int64).numpy())
 
 
+def annotated_indices(flat: torch.Tensor) -> torch.Tensor:
+    """The flat indices (int64, on the CPU, ascending) of the annotated pixels (``>= 0``) of a flattened mask: all of
+    them, ``arange(len(flat))``, when every pixel is, so that a draw among them is a draw among all pixels."""
+    flat = flat.detach().to("cpu")
+    if not flat.is_signed() or bool((flat >= 0).all()):
+        return torch.arange(flat.numel())
+    return torch.nonzero(flat >= 0).reshape(-1)
+
+
 def keep(full_mask: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
     """The partial mask: ``full_mask`` where ``kept`` (bool ``[H, W]``) is true, ``-1`` elsewhere; int64 whatever
     the input's dtype (``-1`` in a uint8 mask would become 255, a valid-looking class), on the input's device."""

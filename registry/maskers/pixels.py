@@ -6,6 +6,7 @@ import torch
 
 from registry import register_masker
 from registry.errors import UserError
+from registry.maskers._common import annotated_indices
 
 UNLABELLED = -1
 
@@ -23,7 +24,8 @@ class FullLabels:
 
 
 class RandomPixels:
-    """Keeps exactly ``round(fraction * H * W)`` pixels, drawn uniformly without replacement.
+    """Keeps exactly ``round(fraction * A)`` pixels, drawn uniformly without replacement among the tile's ``A``
+    annotated pixels (``H * W`` when every pixel is annotated; a not-annotated pixel, ``-1``, is never drawn).
 
     The pixels depend only on the generator, which the harness seeds from the run seed and the tile's index: the same
     pixels are labelled in every epoch and every run.
@@ -43,8 +45,10 @@ class RandomPixels:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"random_pixels: fraction must be in (0, 1], not {fraction}")
         flat = full_mask.reshape(-1)
-        keep = round(fraction * flat.numel())
-        chosen = torch.randperm(flat.numel(), generator=generator)[:keep]
+        annotated = annotated_indices(flat)
+        keep = round(fraction * len(annotated))
+        # With every pixel annotated, annotated[p] is p: the draws are the same as drawing among all pixels.
+        chosen = annotated[torch.randperm(len(annotated), generator=generator)[:keep]]
         # int64 whatever the input's dtype: -1 in a uint8 mask would become 255, a valid-looking class.
         partial = torch.full(flat.shape, UNLABELLED, dtype=torch.int64, device=flat.device)
         partial[chosen] = flat[chosen].to(torch.int64)

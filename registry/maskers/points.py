@@ -11,12 +11,21 @@ import torch
 
 from registry import register_masker
 from registry.errors import UserError
-from registry.maskers._common import depth, keep, keep_flat, labels_of, non_negative_number, positive_int
+from registry.maskers._common import (
+    annotated_indices,
+    depth,
+    keep,
+    keep_flat,
+    labels_of,
+    non_negative_number,
+    positive_int,
+)
 
 
 class PointsPerImage:
-    """Keeps exactly ``count`` pixels per tile, drawn uniformly without replacement (PixelPick, Shin et al. 2021,
-    trains from 10 to 100 pixels per image; without its active selection this is its random baseline).
+    """Keeps exactly ``count`` pixels per tile, drawn uniformly without replacement among its annotated pixels
+    (PixelPick, Shin et al. 2021, trains from 10 to 100 pixels per image; without its active selection this is its
+    random baseline). A tile with fewer annotated pixels keeps all of them.
 
     ``fraction`` is ignored: the budget is ``count`` pixels whatever the tile size. A tile with fewer than ``count``
     pixels cannot honour it: :meth:`check` refuses it before training.
@@ -35,7 +44,9 @@ class PointsPerImage:
     def __call__(self, full_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
         height, width = full_mask.shape
         self.check(height, width)
-        chosen = torch.randperm(height * width, generator=generator)[:self.count]
+        annotated = annotated_indices(full_mask.reshape(-1))
+        # With every pixel annotated, annotated[p] is p: the draws are the same as drawing among all pixels.
+        chosen = annotated[torch.randperm(len(annotated), generator=generator)[:self.count]]
         return keep_flat(full_mask, chosen)
 
     def __repr__(self) -> str:
@@ -43,7 +54,8 @@ class PointsPerImage:
 
 
 class PointsPerClass:
-    """Keeps ``k`` clicked pixels of every class present in the tile, inside its regions rather than on their edges.
+    """Keeps ``k`` clicked pixels of every class present in the tile, inside its regions rather than on their edges;
+    a not-annotated pixel (``-1``) is no class and is never clicked (it counts as another class for the depth).
 
     A pixel's depth is the Euclidean distance from its centre to the nearest pixel of another class (1 for a pixel
     that touches another class by an edge; the tile's edge is no boundary). For each class, the ``k`` pixels are
@@ -75,6 +87,8 @@ class PointsPerClass:
         flat = labels.reshape(-1)
         kept = np.zeros(flat.shape, dtype=bool)
         for value in np.unique(flat):
+            if value < 0:  # not annotated
+                continue
             inside = labels == value
             members = np.flatnonzero(inside)
             if len(members) <= self.k:

@@ -25,7 +25,11 @@ from registry.maskers._common import check_fraction, keep, positive_int
 
 class ReferencePixels:
     """The reference's i.i.d. pixels, drawn at ``source_size`` (the tile's own side when None) from NumPy's
-    ``RandomState(seed + index)``; see the module docstring."""
+    ``RandomState(seed + index)``; see the module docstring.
+
+    The reference's masks were fully annotated, and its draw is among all the pixels of the source tile: a
+    not-annotated pixel (``-1``) it draws stays unlabelled, so the draw keeps about ``fraction`` of the annotated
+    pixels (exactly ``int(fraction * pixels)`` of the source tile's), not an exact count of them."""
 
     uses_fraction = True
     takes_tile_index = True  # called with the run seed and the tile's index instead of drawing from the generator

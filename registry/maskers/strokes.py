@@ -49,7 +49,8 @@ class Scribbles:
     """Keeps thin strokes drawn inside the tile's regions, as an annotator scribbles over each object and patch of
     stuff (ScribbleSup, Lin et al. 2016).
 
-    A region is a connected (8-neighbour) set of pixels of one class. Every region of at least ``min_area`` pixels
+    A region is a connected (8-neighbour) set of pixels of one class (not-annotated pixels, ``-1``, are no class:
+    no stroke goes there, and a tile with no annotated pixel gets none). Every region of at least ``min_area`` pixels
     gets ``count`` strokes; a tile where none is that large gets its strokes in its largest region only, so that no
     tile goes unlabelled. A stroke starts at a random pixel near the middle of its region (at least half as deep
     inside as the deepest), heads along the region's main axis give or take a random angle, and bends smoothly both
@@ -97,6 +98,8 @@ class Scribbles:
         self.check(height, width)
         chosen, largest = [], None  # regions as (class, component image, component index, its stats)
         for value in np.unique(labels):
+            if value < 0:  # not annotated: no region
+                continue
             found, components, stats, _ = cv2.connectedComponentsWithStats((labels == value).astype(np.uint8),
                                                                            connectivity=8)
             areas = stats[1:found, cv2.CC_STAT_AREA]
@@ -106,8 +109,8 @@ class Scribbles:
             top = _largest(components, stats)
             if largest is None or stats[top, cv2.CC_STAT_AREA] > largest[3][cv2.CC_STAT_AREA]:
                 largest = (int(value), components, top, stats[top])
-        if not chosen:  # no region is large enough: the first of the largest
-            chosen = [largest]
+        if not chosen:  # no region is large enough: the first of the largest (none when nothing is annotated)
+            chosen = [largest] if largest is not None else []
         strokes = []
         pad = self.width
         for value, components, index, (left, top, box_width, box_height, _) in chosen:

@@ -1,0 +1,779 @@
+"""The dataset ``rasters``: your own large image rasters and their label rasters (GeoTIFFs, or any format GDAL reads),
+cut into tiles once and kept in a tile cache (:mod:`registry.datasets.tile_cache`). docs/datasets.md shows a grid.
+
+Scenes. ``images`` is a glob pattern under ``root`` (``"images/*.tif"``; ``**`` descends into folders); each file it
+matches is a scene, named by its stem, and GDAL's sidecar files (``.aux.xml``, ``.ovr``...) are skipped. ``labels``
+names each scene's label raster from its stem (``"labels/{stem}.tif"``, ``"labels/{stem}_label.tif"``, or
+``"{stem}_mask.tif"`` beside the images: a file matching ``labels`` is never taken for an image). Image and label raster
+must agree in size, CRS and transform; every scene must have the same band count and dtype (uint8, uint16 or
+float32, kept as it is in the cache). The label raster's first band holds integers.
+
+Classes. ``classes`` names them in order; raster value ``i`` is class ``i``, unless ``values`` maps each class to its
+raster value(s) (``values = {building = [1, 2], road = 3, ...}``). Values in ``ignore`` and the label raster's nodata
+value become ``-1``, not annotated; any other value is refused, with its file and pixel count.
+
+Tiles. ``tile_size`` source pixels square, every ``stride`` pixels (default ``tile_size``), row by row. At the right
+and bottom edges a tile that would reach past the raster is kept, its outside not annotated and its image 0
+(``edge="pad"``), or left out (``edge="drop"``). ``scale`` resizes tiles (0.75: 512 -> 384), by area for images and
+by the pixel under each output pixel's centre for masks. ``bands`` picks and orders bands, numbered from 1 as GDAL
+numbers them (default: all); ``rgb_bands`` (three of them) says which show as red, green and blue, else the rasters'
+colour interpretation does when it names them.
+
+Splits, by scene, never by tile. ``split`` is either shares (``{train = 0.7, val = 0.15, test = 0.15}``, the
+default): the scenes, sorted by name, shuffled with ``split_seed`` and dealt out in those shares, each split at least
+one scene; or split files under ``root`` listing scene names, one a line (``{train = "train.txt", val = "val.txt"}``):
+a scene listed in none is left out.
+
+What the dataset serves: images ``[N, S, S, bands]`` of the rasters' dtype; masks ``[N, S, S]``, uint8 when no pixel
+is unannotated, else int8 (int16 above 127 classes); ``mean`` and ``std`` per band, in units of the dtype's scale
+(uint8 / 255, uint16 / 65535, float32 as is), over every pixel of the training tiles that lies inside its raster
+(annotated or not; the padding is left out).
+
+Preparing reads one scene at a time, in windows of at most ``READ_BYTES`` of image, so that its memory does not grow
+with the number or size of the scenes; an interrupted preparation resumes at the first scene not finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from registry import register_dataset
+from registry.datasets.landcoverai import default_cache_root
+from registry.datasets.tile_cache import (
+    CachePlan,
+    TileCache,
+    TileCacheWriter,
+    centre_indices,
+    file_fingerprint,
+    resize_area,
+    resize_mask,
+)
+from registry.errors import UserError
+
+SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
+EDGES = ("pad", "drop")
+IMAGE_SCALES = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}  # mean and std are in these units
+SIDECARS = (".aux.xml", ".ovr", ".msk", ".tfw", ".tifw", ".wld", ".jgw", ".pgw", ".prj", ".hdr", ".xml", ".txt")
+READ_BYTES = 64 * 2**20  # the most image bytes read at once
+GDAL_CACHE_MB = 256  # GDAL's block cache (its default is 5 % of the memory): blocks shared by two windows
+NOT_CLASS = -2  # what the label lookup gives a raster value that the class table does not name
+
+Progress = Callable[[int, int], None]  # (tiles done, tiles to do)
+
+
+# -- reading rasters -------------------------------------------------------------------------------------------------
+
+
+def _detail(err: BaseException) -> str:
+    """The deepest message of a chain: rasterio says "Read failed. See previous exception", GDAL says why."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text
+
+
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Any failure to open or decode ``path`` as a one-line UserError naming it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001  (GDAL's errors come in many types; the message is what matters)
+        if not path.exists():
+            raise UserError(f"{path}: {what} not found") from None
+        raise UserError(f"{path}: cannot read this {what} (corrupt or truncated?): {_detail(err)}") from None
+
+
+@contextmanager
+def _opened(path: Path, what: str):
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a PNG pair, say: both share the identity
+        with _reading(path, what):
+            source = rasterio.open(path)
+        with source:
+            yield source
+
+
+def _gdal_settings():
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
+# -- options ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """The checked options; ``table`` maps raster values to class indices (``-1``: not annotated)."""
+
+    root: Path
+    images: str
+    labels: str
+    class_names: tuple[str, ...]
+    table: dict[int, int]
+    bands: tuple[int, ...] | None
+    rgb_bands: tuple[int, ...] | None
+    tile_size: int
+    stride: int
+    output_size: int
+    edge: str
+    split: dict[str, Any]
+    split_seed: int
+
+    def identity(self) -> dict[str, Any]:
+        """What the cache depends on besides the scenes: every option but the root."""
+        return {"images": self.images, "labels": self.labels, "classes": list(self.class_names),
+                "table": [list(item) for item in sorted(self.table.items())],
+                "bands": None if self.bands is None else list(self.bands), "tile_size": self.tile_size,
+                "stride": self.stride, "size": self.output_size, "edge": self.edge, "split": self.split,
+                "split_seed": self.split_seed}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _int_list(name: str, value: Any, low: int | None = None) -> tuple[int, ...]:
+    items = [value] if _is_int(value) else value
+    if not isinstance(items, (list, tuple)) or not all(_is_int(v) for v in items):
+        raise UserError(f"rasters: {name} must be a list of integers, not {value!r}")
+    if low is not None and any(v < low for v in items):
+        raise UserError(f"rasters: {name} must be integers from {low}, not {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def _class_table(classes: Any, values: Any, ignore: Any) -> tuple[tuple[str, ...], dict[int, int]]:
+    if not isinstance(classes, (list, tuple)) or len(classes) < 2 or not all(isinstance(c, str) and c
+                                                                             for c in classes):
+        raise UserError(f"rasters: classes must be a list of at least two class names (raster value i is class i, "
+                        f"or values maps them), not {classes!r}")
+    repeated = sorted({c for c in classes if list(classes).count(c) > 1})
+    if repeated:
+        raise UserError(f"rasters: classes names {', '.join(repeated)} twice")
+    ignored = _int_list("ignore", ignore if ignore is not None else [])
+    table: dict[int, int] = {}
+    if values is None:
+        table = {index: index for index in range(len(classes))}
+    else:
+        if not isinstance(values, dict):
+            raise UserError(f"rasters: values must be a table from class names to raster values, not {values!r}")
+        missing, unknown = [c for c in classes if c not in values], [c for c in values if c not in classes]
+        if missing or unknown:
+            said = ([f"no values for {', '.join(missing)}"] if missing else []) + \
+                   ([f"{', '.join(unknown)} not in classes"] if unknown else [])
+            raise UserError(f"rasters: values must give the raster values of every class and no other name "
+                            f"({'; '.join(said)})")
+        for index, name in enumerate(classes):
+            for value in _int_list(f"values.{name}", values[name]):
+                if value in table:
+                    raise UserError(f"rasters: raster value {value} is given to both {classes[table[value]]!r} "
+                                    f"and {name!r} in values")
+                table[value] = index
+    for value in ignored:
+        if value in table:
+            raise UserError(f"rasters: ignore value {value} is the raster value of class {classes[table[value]]!r} "
+                            "(map raster values to classes with values = {...} to leave it out)")
+        table[value] = -1
+    return tuple(classes), table
+
+
+def _split_option(split: Any) -> dict[str, Any]:
+    split = DEFAULT_SPLIT if split is None else split
+    if not isinstance(split, dict) or not {"train", "val"} <= set(split) or not set(split) <= set(SPLITS):
+        raise UserError(f"rasters: split must be a table with train, val and optionally test, each a share of the "
+                        f"scenes or a split file, not {split!r}")
+    split = {name: split[name] for name in SPLITS if name in split}  # one order, whatever the table's
+    if all(isinstance(v, str) and v for v in split.values()):
+        return split
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in split.values()):
+        raise UserError(f"rasters: split gives either shares of the scenes (numbers) or split files (paths), "
+                        f"not {split!r}")
+    if any(not v > 0 for v in split.values()) or abs(sum(split.values()) - 1) > 1e-6:
+        raise UserError(f"rasters: split shares must be positive and add up to 1, not {split!r}")
+    return {name: float(share) for name, share in split.items()}
+
+
+def check_options(root, images, labels, classes, values, ignore, bands, rgb_bands, tile_size, stride, scale, edge,
+                  split, split_seed) -> Options:
+    if root is None:
+        raise UserError("dataset 'rasters' needs the folder of your rasters: pass --data-root PATH, or set root in "
+                        "the grid's [dataset] table")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{root}: rasters folder not found")
+    if not isinstance(images, str) or not images:
+        raise UserError(f"rasters: images must be a glob pattern under root, such as 'images/*.tif', not {images!r}")
+    if (not isinstance(labels, str) or labels.count("{stem}") != 1 or any(c in labels.replace("{stem}", "")
+                                                                        for c in "{}*?[")):
+        raise UserError(f"rasters: labels must name a scene's label raster from its stem, with {{stem}} once and no "
+                        f"wildcard, such as 'labels/{{stem}}.tif', not {labels!r}")
+    class_names, table = _class_table(classes, values, ignore)
+    for name, value in (("tile_size", tile_size), ("stride", tile_size if stride is None else stride)):
+        if not _is_int(value) or value < 1:
+            raise UserError(f"rasters: {name} must be a positive integer, not {value!r}")
+    stride = tile_size if stride is None else stride
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+        raise UserError(f"rasters: scale must be a number in (0, 1], not {scale!r}")
+    output_size = round(tile_size * scale)
+    if output_size < 1 or abs(tile_size * scale - output_size) > 1e-6:
+        raise UserError(f"rasters: scale {scale} makes {tile_size}-pixel tiles {tile_size * scale:g} pixels; choose "
+                        "one that gives a whole number")
+    if edge not in EDGES:
+        raise UserError(f"rasters: edge must be one of {', '.join(EDGES)}, not {edge!r}")
+    if not _is_int(split_seed):
+        raise UserError(f"rasters: split_seed must be an integer, not {split_seed!r}")
+    chosen = None if bands is None else _int_list("bands", bands, low=1)
+    if chosen is not None and (not chosen or len(set(chosen)) != len(chosen)):
+        raise UserError(f"rasters: bands must name each band once, not {bands!r}")
+    rgb = None if rgb_bands is None else _int_list("rgb_bands", rgb_bands, low=1)
+    if rgb is not None and (len(rgb) != 3 or (chosen is not None and not set(rgb) <= set(chosen))):
+        raise UserError(f"rasters: rgb_bands must be three of the bands read ({list(chosen) if chosen else 'all'}), "
+                        f"numbered from 1, not {rgb_bands!r}")
+    return Options(root, images, labels, class_names, table, chosen, rgb, int(tile_size), int(stride), output_size,
+                   edge, _split_option(split), int(split_seed))
+
+
+# -- scenes ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A unit of preparation: an image raster, its label raster, and what their headers say."""
+
+    name: str
+    image: Path
+    label: Path
+    height: int
+    width: int
+    files: tuple[Path, ...]  # every file GDAL reads for the two (sidecars too): the scene's fingerprint
+    label_nodata: float | None
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+def _is_sidecar(path: Path) -> bool:
+    return path.name.lower().endswith(SIDECARS)
+
+
+def find_pairs(options: Options) -> dict[str, tuple[Path, Path]]:
+    """Scene name -> (image, label), from the patterns; every image must have its label and every label its image."""
+    root = options.root
+    prefix, suffix = options.labels.split("{stem}")
+    label_glob = prefix + "*" + suffix
+
+    def stem_of_label(path: Path) -> str | None:
+        relative = path.relative_to(root).as_posix()
+        if relative.startswith(prefix) and relative.endswith(suffix) and len(relative) > len(prefix) + len(suffix):
+            stem = relative[len(prefix):len(relative) - len(suffix)]
+            return stem if "/" not in stem else None
+        return None
+
+    labels = {path for path in root.glob(label_glob) if path.is_file() and stem_of_label(path) is not None}
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for image in sorted(root.glob(options.images)):
+        if not image.is_file() or image in labels or _is_sidecar(image):
+            continue
+        if image.stem in pairs:
+            raise UserError(f"{image}: another image has the stem {image.stem!r} ({pairs[image.stem][0]}); scenes "
+                            "are named by their stems")
+        label = root / options.labels.format(stem=image.stem)
+        if not label.is_file():
+            raise UserError(f"{label}: label raster not found for image {image} (labels = {options.labels!r})")
+        pairs[image.stem] = (image, label)
+    if not pairs:
+        raise UserError(f"{root}: no image raster matches images = {options.images!r}")
+    for label in sorted(labels):
+        stem = stem_of_label(label)
+        if stem not in pairs and not _is_sidecar(label):
+            raise UserError(f"{label}: label raster without its image (no file matching images = "
+                            f"{options.images!r} has the stem {stem!r})")
+    return pairs
+
+
+def _short(value: Any) -> str:
+    return " ".join(str(value).split())[:120]
+
+
+def inspect_scene(name: str, image: Path, label: Path, options: Options) -> tuple[Scene, dict[str, Any]]:
+    """The scene, from its two headers (sizes, CRS, transform, bands, dtypes checked), and what its image is:
+    band count, dtype and colour interpretation."""
+    with _opened(image, "image raster") as src, _opened(label, "label raster") as lbl:
+        if (src.height, src.width) != (lbl.height, lbl.width):
+            raise UserError(f"{image} ({src.height}x{src.width}) and {label} ({lbl.height}x{lbl.width}): image and "
+                            "label raster sizes differ")
+        if src.crs != lbl.crs:
+            raise UserError(f"{image} and {label}: image and label raster CRS differ ({_short(src.crs)} and "
+                            f"{_short(lbl.crs)})")
+        if not src.transform.almost_equals(lbl.transform):
+            raise UserError(f"{image} and {label}: image and label raster transforms differ "
+                            f"({tuple(src.transform)[:6]} and {tuple(lbl.transform)[:6]})")
+        bands = options.bands or tuple(range(1, src.count + 1))
+        for band in (*bands, *(options.rgb_bands or ())):
+            if band > src.count:
+                raise UserError(f"{image}: band {band} is out of range: this raster has {src.count} band(s), "
+                                "numbered from 1")
+        dtypes = {src.dtypes[band - 1] for band in bands}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in IMAGE_SCALES:
+            raise UserError(f"{image}: {'/'.join(sorted(dtypes))} pixels; the image bands must be one of "
+                            f"{', '.join(IMAGE_SCALES)}")
+        if not np.issubdtype(np.dtype(lbl.dtypes[0]), np.integer):
+            raise UserError(f"{label}: label raster has {lbl.dtypes[0]} values; labels must be integers")
+        files = tuple(dict.fromkeys(Path(f) for f in (*src.files, *lbl.files)))
+        described = {"count": src.count, "dtype": next(iter(dtypes)),
+                     "colours": [src.colorinterp[band - 1].name for band in bands]}
+        return Scene(name, image, label, src.height, src.width, files, lbl.nodata), described
+
+
+def inspect_scenes(pairs: dict[str, tuple[Path, Path]], names: list[str],
+                   options: Options) -> tuple[dict[str, Scene], dict[str, Any]]:
+    """The scenes ``names``, each checked against the first: the same band count and dtype."""
+    scenes, first = {}, None
+    for name in names:
+        scene, described = inspect_scene(name, *pairs[name], options)
+        if first is None:
+            first = (scene, described)
+        for what, word in (("count", "bands"), ("dtype", "pixels")):
+            if described[what] != first[1][what]:
+                raise UserError(f"{scene.image}: {described[what]} {word}, but {first[0].image} has "
+                                f"{first[1][what]} {word}; every scene must have the same band count and dtype")
+        scenes[name] = scene
+    return scenes, first[1]
+
+
+# -- splits ----------------------------------------------------------------------------------------------------------
+
+
+def deal_scenes(names: list[str], shares: dict[str, float], seed: int) -> dict[str, list[str]]:
+    """The scenes, sorted, shuffled with ``seed``, dealt out in ``shares`` (largest remainders), each split at least
+    one; every split sorted by name."""
+    if len(names) < len(shares):
+        raise UserError(f"rasters: {len(names)} scene(s) cannot be split into {', '.join(shares)}: each split needs "
+                        "one scene at least")
+    order = [sorted(names)[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    exact = {name: share * len(names) for name, share in shares.items()}
+    counts = {name: int(value) for name, value in exact.items()}
+    for name in sorted(shares, key=lambda n: counts[n] - exact[n])[:len(names) - sum(counts.values())]:
+        counts[name] += 1
+    for name in shares:
+        while counts[name] == 0:  # few scenes: take one from the split that has the most
+            counts[max(counts, key=counts.get)] -= 1
+            counts[name] += 1
+    dealt, start = {}, 0
+    for name in (s for s in SPLITS if s in shares):
+        dealt[name] = sorted(order[start:start + counts[name]])
+        start += counts[name]
+    return dealt
+
+
+def read_split_files(options: Options, pairs: dict[str, tuple[Path, Path]]) -> dict[str, list[str]]:
+    """The scenes each split file lists, in its order; every mistake named with its file and line."""
+    by_file_name = {image.name: name for name, (image, _) in pairs.items()}
+    listed: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    for split in (s for s in SPLITS if s in options.split):
+        path = options.root / options.split[split]
+        if not path.is_file():
+            raise UserError(f"{path}: split file not found (split.{split})")
+        listed[split] = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            name = entry if entry in pairs else by_file_name.get(entry)
+            if name is None:
+                known = sorted(pairs)
+                shown = ", ".join(known[:3]) + (f" and {len(known) - 3} more" if len(known) > 3 else "")
+                raise UserError(f"{path} line {number}: no scene {entry!r} (scenes: {shown})")
+            if name in seen:
+                raise UserError(f"{path} line {number}: scene {name} is listed twice (also at {seen[name]})")
+            seen[name] = f"{path.name} line {number}"
+            listed[split].append(name)
+        if not listed[split]:
+            raise UserError(f"{path}: lists no scene")
+    return listed
+
+
+# -- tiles -----------------------------------------------------------------------------------------------------------
+
+
+def tile_starts(length: int, tile: int, stride: int, edge: str) -> list[int]:
+    """Where tiles start along a side of ``length`` pixels: every ``stride``; with ``"drop"`` only tiles that fit,
+    with ``"pad"`` up to the first that reaches the end."""
+    if edge == "drop":
+        return list(range(0, length - tile + 1, stride))
+    starts = []
+    for start in range(0, length, stride):
+        starts.append(start)
+        if start + tile >= length:
+            break
+    return starts
+
+
+def tile_positions(scene: Scene, options: Options) -> list[tuple[int, int]]:
+    """(y, x) of the scene's tiles, row by row."""
+    return [(y, x) for y in tile_starts(scene.height, options.tile_size, options.stride, options.edge)
+            for x in tile_starts(scene.width, options.tile_size, options.stride, options.edge)]
+
+
+def label_lookup(table: dict[int, int], dtype: np.dtype, nodata: float | None) -> np.ndarray | None:
+    """For 8- and 16-bit labels, the class of every bit pattern (int16; ``-1`` not annotated, ``NOT_CLASS`` not
+    named), indexed by the labels viewed as unsigned; None for wider types."""
+    dtype = np.dtype(dtype)
+    if dtype.itemsize > 2:
+        return None
+    info = np.iinfo(dtype)
+    lookup = np.full(2 ** (8 * dtype.itemsize), NOT_CLASS, np.int16)
+    for value, index in table.items():
+        if info.min <= value <= info.max:
+            lookup[value % len(lookup)] = index
+    if nodata is not None and float(nodata).is_integer() and info.min <= nodata <= info.max:
+        lookup[int(nodata) % len(lookup)] = -1
+    return lookup
+
+
+def map_labels(labels: np.ndarray, lookup: np.ndarray | None, table: dict[int, int],
+               nodata: float | None) -> np.ndarray:
+    """Class indices (int16) of a window of raster values."""
+    if lookup is not None:
+        return lookup[labels.view(f"u{labels.dtype.itemsize}")]
+    values, inverse = np.unique(labels, return_inverse=True)
+    classes = np.array([-1 if nodata is not None and v == nodata else table.get(int(v), NOT_CLASS) for v in values],
+                       np.int16)
+    return classes[inverse].reshape(labels.shape)
+
+
+def count_values(path: Path, values: list[int]) -> dict[int, int]:
+    """How many pixels of the label raster at ``path`` hold each of ``values``, read in row windows."""
+    from rasterio.windows import Window
+
+    counts = dict.fromkeys(values, 0)
+    with _opened(path, "label raster") as lbl, _reading(path, "label raster"):
+        rows = max(1, READ_BYTES // max(1, lbl.width * np.dtype(lbl.dtypes[0]).itemsize))
+        for y in range(0, lbl.height, rows):
+            window = lbl.read(1, window=Window(0, y, lbl.width, min(rows, lbl.height - y)))
+            for value in values:
+                counts[value] += int(np.count_nonzero(window == value))
+    return counts
+
+
+def _not_classes_error(scene: Scene, labels: np.ndarray, mapped: np.ndarray, options: Options) -> UserError:
+    bad = sorted(int(v) for v in np.unique(labels[mapped == NOT_CLASS]))
+    counts = count_values(scene.label, bad)
+    named = sorted(v for v, i in options.table.items() if i >= 0)
+    listed = ", ".join(f"{v} ({counts[v]} pixels)" for v in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5
+                                                                           else "")
+    return UserError(f"{scene.label}: raster value(s) {listed} not in the class table (classes have values "
+                     f"{_ranges(named)}; ignore, values and the raster's nodata say which values are what)")
+
+
+def _ranges(values: list[int]) -> str:
+    parts, start = [], None
+    for i, value in enumerate(values):
+        if start is None:
+            start = value
+        if i + 1 == len(values) or values[i + 1] != value + 1:
+            parts.append(str(start) if start == value else f"{start}..{value}")
+            start = None
+    return ", ".join(parts)
+
+
+def _windows(scene: Scene, options: Options, row_bytes: int) -> list[tuple[int, int, list[int]]]:
+    """``(y, height, xs)`` of each window read: one row of tiles, or as many of its tiles as ``READ_BYTES`` holds
+    (``row_bytes``: the image bytes of one column of the row)."""
+    tile, positions = options.tile_size, tile_positions(scene, options)
+    windows = []
+    for y in sorted({y for y, _ in positions}):
+        xs = [x for row, x in positions if row == y]
+        per_column = row_bytes * min(tile, scene.height - y)
+        while xs:
+            chunk = [xs[0]]
+            while len(chunk) < len(xs) and (min(xs[len(chunk)] + tile, scene.width) - xs[0]) * per_column \
+                    <= READ_BYTES:
+                chunk.append(xs[len(chunk)])
+            windows.append((y, min(tile, scene.height - y), chunk))
+            xs = xs[len(chunk):]
+    return windows
+
+
+def cut_scene(scene: Scene, options: Options, mask_dtype: np.dtype, bands: tuple[int, ...]
+              ) -> Iterator[tuple[np.ndarray, np.ndarray, int, int]]:
+    """The scene's tiles in order: ``(image [S, S, bands], mask [S, S], rows, columns)``, where the last two say how
+    much of the tile lies inside the raster. Windows of one row of tiles (at most ``READ_BYTES``) are read
+    (pixel-interleaved) and their labels mapped by a second thread, one window ahead of the tiles being cut (GDAL
+    and NumPy work without holding the GIL)."""
+    from rasterio.windows import Window
+
+    tile, size = options.tile_size, options.output_size
+    with _opened(scene.image, "image raster") as src, _opened(scene.label, "label raster") as lbl:
+        lookup = label_lookup(options.table, np.dtype(lbl.dtypes[0]), scene.label_nodata)
+        dtype = np.dtype(src.dtypes[bands[0] - 1])
+        windows = _windows(scene, options, len(bands) * dtype.itemsize)
+
+        def read(y: int, height: int, xs: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            """The window's pixels ``[h, w, bands]`` and class indices ``[h, w]``, checked."""
+            window = Window(xs[0], y, min(xs[-1] + tile, scene.width) - xs[0], height)
+            with _gdal_settings():  # GDAL's settings are per thread
+                pixels = np.empty((height, window.width, len(bands)), dtype)  # pixel-interleaved, as tiles are
+                with _reading(scene.image, "image raster"):
+                    src.read(list(bands), window=window, out=pixels.transpose(2, 0, 1))  # GDAL follows the strides
+                with _reading(scene.label, "label raster"):
+                    labels = lbl.read(1, window=window)
+            if dtype.kind == "f" and not np.isfinite(pixels).all():
+                raise UserError(f"{scene.image}: {np.count_nonzero(~np.isfinite(pixels))} values in rows "
+                                f"{y}..{y + height - 1} are NaN or infinite; the images must be finite numbers")
+            mapped = map_labels(labels, lookup, options.table, scene.label_nodata)
+            if mapped.min(initial=0) == NOT_CLASS:
+                raise _not_classes_error(scene, labels, mapped, options)
+            return pixels, mapped.astype(mask_dtype)
+
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            ahead = reader.submit(read, *windows[0]) if windows else None
+            for number, (y, height, xs) in enumerate(windows):
+                pixels, mapped = ahead.result()
+                ahead = reader.submit(read, *windows[number + 1]) if number + 1 < len(windows) else None
+                x0 = xs[0]
+                for x in xs:
+                    inside = min(tile, scene.width - x)
+                    part = pixels[:, x - x0:x - x0 + inside]
+                    if (height, inside) == (tile, tile):
+                        image, mask = part, mapped[:, x - x0:x - x0 + tile]  # views: the writer copies them
+                    else:
+                        image = np.zeros((tile, tile, len(bands)), dtype)
+                        image[:height, :inside] = part
+                        mask = np.full((tile, tile), -1, mask_dtype)
+                        mask[:height, :inside] = mapped[:, x - x0:x - x0 + inside]
+                    if size != tile:
+                        image, mask = resize_area(np.ascontiguousarray(image), size), resize_mask(mask, size)
+                    yield image, mask, height, inside
+
+
+def inside_output(inside: int, tile: int, size: int) -> int:
+    """How many of the ``size`` output pixels along a side take their centre from the ``inside`` source pixels."""
+    return inside if size == tile else int(np.count_nonzero(centre_indices(tile, size) < inside))
+
+
+class Statistics:
+    """Per-band pixel count, sums and sums of squares of tiles: float64 matrix products (BLAS), kept as exact
+    integers for uint8 and uint16 tiles small enough that every partial sum is exact in float64."""
+
+    def __init__(self, bands: int, dtype: np.dtype):
+        top = float(np.iinfo(dtype).max) if dtype.kind == "u" else None
+        self.exact_pixels = None if top is None else int(2**53 // (top * top))  # per tile
+        self.pixels, self.sums, self.squares = 0, [0] * bands, [0] * bands
+
+    def add(self, pixels: np.ndarray) -> None:
+        if pixels.size == 0:
+            return
+        wide = pixels.reshape(-1, pixels.shape[-1]).astype(np.float64)
+        sums, squares = np.ones(len(wide)) @ wide, np.diagonal(wide.T @ wide)
+        if self.exact_pixels is not None and len(wide) <= self.exact_pixels:
+            sums, squares = [int(v) for v in sums], [int(v) for v in squares]
+        else:
+            sums, squares = [float(v) for v in sums], [float(v) for v in squares]
+        self.pixels += len(wide)
+        self.sums = [a + b for a, b in zip(self.sums, sums)]
+        self.squares = [a + b for a, b in zip(self.squares, squares)]
+
+    def payload(self) -> dict[str, Any]:
+        return {"pixels": self.pixels, "sums": self.sums, "squares": self.squares}
+
+
+def band_statistics(payloads: list[dict[str, Any]], scale: float) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation per band, in units of ``scale``, from the units' sums (exact for integers)."""
+    pixels = sum(p["pixels"] for p in payloads)
+    if pixels == 0:
+        raise UserError("rasters: the training split has no pixel inside its rasters")
+    bands = len(payloads[0]["sums"])
+    mean, std = [], []
+    for band in range(bands):
+        total = sum(p["sums"][band] for p in payloads)
+        squares = sum(p["squares"][band] for p in payloads)
+        if all(isinstance(p["sums"][band], int) for p in payloads):
+            variance = (pixels * squares - total * total) / pixels**2  # exact integers until this division
+        else:
+            variance = squares / pixels - (total / pixels) ** 2
+        mean.append(round(total / pixels / scale, 7))
+        std.append(round(max(float(np.sqrt(max(variance, 0.0))) / scale, 1e-6), 7))
+    return mean, std
+
+
+# -- preparing -------------------------------------------------------------------------------------------------------
+
+
+def cache_folder(options: Options, cache_dir: str | Path | None) -> Path:
+    parent = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    described = json.dumps([str(options.root.resolve()), options.identity()], sort_keys=True)
+    return parent / f"rasters-{options.output_size}-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
+
+
+def _mask_dtype(options: Options, scenes: list[Scene], may_pad: bool) -> str:
+    """uint8 when no pixel can be unannotated (nothing padded, ignored or nodata), else int8 (int16 above 127
+    classes); a dataset whose int8 masks turn out to have no -1 serves them as uint8 (see Rasters.split)."""
+    classes = len(options.class_names)
+    if not may_pad and -1 not in options.table.values() and all(s.label_nodata is None for s in scenes):
+        return "uint8" if classes <= 256 else "int16"
+    return "int8" if classes <= 127 else "int16"
+
+
+def plan_cache(options: Options) -> tuple[CachePlan, dict[str, list[Scene]], dict[str, Any]]:
+    """Everything that headers tell, checked before any pixel is read: the plan, each split's scenes, and what the
+    images are."""
+    pairs = find_pairs(options)
+    if all(isinstance(v, str) for v in options.split.values()):
+        names = read_split_files(options, pairs)
+    else:
+        names = deal_scenes(list(pairs), options.split, options.split_seed)
+    scenes, described = inspect_scenes(pairs, [n for split in names.values() for n in split], options)
+    by_split = {split: [scenes[n] for n in split_names] for split, split_names in names.items()}
+    ids: dict[str, list[str]] = {}
+    may_pad = False
+    for split, split_scenes in by_split.items():
+        ids[split] = []
+        for scene in split_scenes:
+            positions = tile_positions(scene, options)
+            may_pad |= any(y + options.tile_size > scene.height or x + options.tile_size > scene.width
+                           for y, x in positions)
+            ids[split] += [f"{scene.name}_{y}_{x}" for y, x in positions]
+        if not ids[split]:
+            raise UserError(f"rasters: split {split} has no tile: its scenes ({', '.join(names[split])}) are smaller "
+                            f"than tile_size {options.tile_size} and edge = 'drop'")
+    bands = options.bands or tuple(range(1, described["count"] + 1))
+    source = {"dataset": "rasters", **options.identity(), "bands": list(bands),
+              "resize": "none" if options.output_size == options.tile_size
+              else "image area (OpenCV), mask nearest pixel centre"}
+    plan = CachePlan(ids, options.output_size, len(bands), source, image_dtype=described["dtype"],
+                     mask_dtype=_mask_dtype(options, list(scenes.values()), may_pad))
+    return plan, by_split, {**described, "bands": bands}
+
+
+def rgb_positions(rgb_bands: list[int] | None, manifest: dict[str, Any]) -> tuple[int, ...] | None:
+    """The channels that show as red, green and blue: ``rgb_bands`` (raster band numbers) among the bands read, else
+    those whose colour interpretation says so, else None (the harness's default). Not part of the cache's identity:
+    it only says how to show the tiles."""
+    bands = manifest["source"]["bands"]
+    if rgb_bands is not None:
+        return tuple(bands.index(band) for band in rgb_bands)
+    colours = manifest["colours"]
+    if all(c in colours for c in ("red", "green", "blue")):
+        return tuple(colours.index(c) for c in ("red", "green", "blue"))
+    return None
+
+
+def prepare(root: str | Path | None = None, images: str = "images/*.tif", labels: str = "labels/{stem}.tif",
+            classes: list[str] | None = None, values: dict[str, Any] | None = None, ignore: list[int] | None = None,
+            bands: list[int] | None = None, rgb_bands: list[int] | None = None, tile_size: int = 512,
+            stride: int | None = None, scale: float = 1.0, edge: str = "pad", split: dict[str, Any] | None = None,
+            split_seed: int = 0, cache_dir: str | Path | None = None, progress: Progress | None = None,
+            verify: bool = False) -> TileCache:
+    """Prepare (or resume preparing, or just open) the tile cache of the rasters under ``root``; see the module
+    docstring for the options. With ``verify``, every file of a complete cache is checked against its SHA-256."""
+    options = check_options(root, images, labels, classes, values, ignore, bands, rgb_bands, tile_size, stride, scale,
+                            edge, split, split_seed)
+    with _gdal_settings():
+        plan, by_split, described = plan_cache(options)
+        units = [(split, scene) for split, scenes in by_split.items() for scene in scenes]
+        fingerprints = {scene.key: file_fingerprint(*scene.files) for _, scene in units}
+        folder = cache_folder(options, cache_dir)
+        cache = TileCache.open_complete(folder, plan, fingerprints, verify)
+        if cache is not None:
+            return cache
+        with TileCacheWriter(folder, plan) as writer:  # waits while another process prepares this cache...
+            cache = TileCache.open_complete(folder, plan, fingerprints)  # ...which it may have completed
+            if cache is not None:
+                return cache
+            todo = [(split, scene) for split, scene in units if writer.needs(scene.key, fingerprints[scene.key])]
+            writer.invalidate()
+            starts = {}  # each scene's first index in its split
+            for split, scenes in by_split.items():
+                index = 0
+                for scene in scenes:
+                    starts[scene.key] = index
+                    index += len(tile_positions(scene, options))
+            total, done = sum(len(tile_positions(scene, options)) for _, scene in todo), 0
+            dtype, mask_dtype = plan.dtype("images"), plan.dtype("masks")
+            for split, scene in todo:
+                statistics, unannotated, count = Statistics(plan.in_chans, dtype), 0, 0
+                for image, mask, rows, columns in cut_scene(scene, options, mask_dtype, described["bands"]):
+                    writer.write(split, starts[scene.key] + count, image, mask)
+                    if split == "train":  # normalisation statistics come from the training split alone
+                        statistics.add(image[:inside_output(rows, options.tile_size, options.output_size),
+                                             :inside_output(columns, options.tile_size, options.output_size)])
+                    if mask_dtype.kind == "i":
+                        unannotated += int(np.count_nonzero(mask < 0))
+                    count += 1
+                    if progress is not None:
+                        progress(done + count, total)
+                writer.unit_done(scene.key, fingerprints[scene.key], count,
+                                 {**statistics.payload(), "unannotated": unannotated})
+                done += count
+            payloads = [writer.units[scene.key]["payload"] for _, scene in units]
+            mean, std = band_statistics([p for (split, _), p in zip(units, payloads) if split == "train"],
+                                        IMAGE_SCALES[plan.image_dtype])
+            extra = {"mean": mean, "std": std, "root": str(options.root.resolve()),
+                     "counts": {s: len(v) for s, v in plan.ids.items()}, "class_names": list(options.class_names),
+                     "scenes": {s: [scene.name for scene in scenes] for s, scenes in by_split.items()},
+                     "unannotated": sum(p["unannotated"] for p in payloads), "colours": described["colours"]}
+            return writer.finish([scene.key for _, scene in units], extra)
+
+
+class Rasters:
+    """Prepared rasters: splits as read-only memory maps (see the module docstring)."""
+
+    def __init__(self, cache: TileCache, rgb_bands: list[int] | None = None):
+        manifest = cache.manifest
+        self.cache = cache
+        self.class_names = tuple(manifest["class_names"])
+        self.num_classes = len(self.class_names)
+        self.in_chans = manifest["in_chans"]
+        self.mean, self.std = tuple(manifest["mean"]), tuple(manifest["std"])
+        self.splits = tuple(s for s in SPLITS if s in manifest["ids"])
+        self.rgb_bands = rgb_positions(rgb_bands, manifest)
+        # int8 masks in which no pixel is unannotated are served as uint8: the same bytes, the same values.
+        self._as_uint8 = manifest["mask_dtype"] == "int8" and manifest["unannotated"] == 0
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self.splits:
+            raise UserError(f"rasters: unknown split {name!r}; splits: {', '.join(self.splits)}")
+        images, masks = self.cache.split(name)
+        return images, masks.view(np.uint8) if self._as_uint8 else masks
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{split}={count}" for split, count in self.cache.manifest["counts"].items())
+        return f"Rasters({self.cache.folder}, size={self.cache.manifest['tile_size']}, {counts})"
+
+
+TEST_KWARGS = {"classes": ["background", "building", "woodland", "water", "road"], "tile_size": 64,
+               "split": {"train": 0.5, "val": 0.25, "test": 0.25}}
+
+
+@register_dataset("rasters", test_kwargs=TEST_KWARGS)
+def rasters(root: str | None = None, images: str = "images/*.tif", labels: str = "labels/{stem}.tif",
+            classes: list[str] | None = None, values: dict[str, Any] | None = None, ignore: list[int] | None = None,
+            bands: list[int] | None = None, rgb_bands: list[int] | None = None, tile_size: int = 512,
+            stride: int | None = None, scale: float = 1.0, edge: Literal["pad", "drop"] = "pad",
+            split: dict[str, Any] | None = None, split_seed: int = 0, cache_dir: str | None = None) -> Rasters:
+    """Image rasters and label rasters from the folder ``root``; see the module docstring. Prepares its cache on
+    first use."""
+    return Rasters(prepare(root, images, labels, classes, values, ignore, bands, rgb_bands, tile_size, stride, scale,
+                           edge, split, split_seed, cache_dir), rgb_bands)
+
+
+rasters.prepare = prepare  # `bench prepare` and `bench run` call it first, with a progress bar

@@ -1,0 +1,156 @@
+"""Writes georeferenced image and label rasters for the dataset ``rasters``, for the tests and for measuring its
+preparation.
+
+A scene is a mosaic of the ``synthetic`` dataset's 256-pixel scenes (three bands, or four with its near-infrared-like
+band), in uint8, uint16 or float32, written with rasterio as a GeoTIFF with a CRS and a transform (LZW, Deflate or
+none; stripped or tiled), beside a one-band uint8 label raster of the same grid holding its classes 0..4, optionally
+with a nodata value written over a block of pixels. Writing goes strip by strip, so a full-size scene takes little
+memory.
+
+Command line, e.g. one 9500 x 9500 four-band uint16 scene to measure the preparation's time and memory:
+
+    python tests/raster_layout.py /tmp/rasters --size 9500x9500 --bands 4 --dtype uint16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from registry.datasets.synthetic import generate_tile
+
+MOSAIC_TILE = 256
+CRS = "EPSG:2180"  # Poland's CS92, LandCover.ai's
+# Ways real rasters are stored; scenes cycle through them.
+FORMATS = (
+    {"compress": "lzw"},
+    {"compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256},
+    {},
+)
+COLOURS = ("red", "green", "blue", "undefined")
+
+
+@dataclass
+class SceneSpec:
+    """What to write: a scene of ``height`` x ``width`` pixels."""
+
+    name: str
+    height: int
+    width: int
+    bands: int = 3
+    dtype: str = "uint8"
+    seed: int = 0
+    nodata: int | None = None  # the label raster's nodata value, written over a block of its pixels
+    origin: tuple[float, float] = (500000.0, 600000.0)
+    crs: str = CRS
+    label_values: dict[int, int] = field(default_factory=dict)  # class -> raster value written for it
+    label_origin: tuple[float, float] | None = None  # a label raster on another grid (for the bad-input tests)
+    label_crs: str | None = None
+
+
+@dataclass
+class WrittenScene:
+    name: str
+    image_path: Path
+    label_path: Path
+    image: np.ndarray  # [bands, H, W], as written
+    label: np.ndarray  # [H, W] raster values, as written
+    classes: np.ndarray  # [H, W] the synthetic classes 0..4 under the label values
+
+
+def pixel_grid(origin: tuple[float, float], pixel: float = 0.25) -> Affine:
+    """The transform of a north-up grid of ``pixel``-metre pixels whose top left corner is ``origin``."""
+    return Affine(pixel, 0.0, origin[0], 0.0, -pixel, origin[1])
+
+
+def mosaic_rows(spec: SceneSpec, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mosaic row ``row`` (256 pixels high, cut to the scene's width): ``(image [bands, 256, W], classes [256, W])``."""
+    columns = -(-spec.width // MOSAIC_TILE)
+    image = np.empty((spec.bands, MOSAIC_TILE, columns * MOSAIC_TILE), spec.dtype)
+    classes = np.empty((MOSAIC_TILE, columns * MOSAIC_TILE), np.uint8)
+    for column in range(columns):
+        tile, mask = generate_tile(spec.seed, row * columns + column, MOSAIC_TILE, nir=spec.bands == 4,
+                                   dtype=spec.dtype)
+        image[:, :, column * MOSAIC_TILE:(column + 1) * MOSAIC_TILE] = np.moveaxis(tile, -1, 0)[:spec.bands]
+        classes[:, column * MOSAIC_TILE:(column + 1) * MOSAIC_TILE] = mask
+    return image[:, :, :spec.width], classes[:, :spec.width]
+
+
+def nodata_block(spec: SceneSpec) -> tuple[slice, slice]:
+    """The pixels a label raster with a nodata value holds it in: a block near the top left."""
+    return slice(spec.height // 8, spec.height // 8 + max(1, spec.height // 5)), slice(3, 3 + max(1, spec.width // 4))
+
+
+def write_scene(root: Path, spec: SceneSpec, images: str = "images", labels: str = "labels/{stem}.tif",
+                keep: bool = True) -> WrittenScene:
+    """The scene's image raster ``{images}/{name}.tif`` and label raster (``labels`` with ``{stem}``) under ``root``;
+    with ``keep``, the written pixels are returned too (leave it off for a full-size scene)."""
+    image_path = root / images / f"{spec.name}.tif"
+    label_path = root / labels.format(stem=spec.name)
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    label_path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {"driver": "GTiff", "height": spec.height, "width": spec.width, "crs": spec.crs,
+               "transform": pixel_grid(spec.origin)}
+    label_profile = {**profile, "count": 1, "dtype": "uint8", "nodata": spec.nodata,
+                     "crs": spec.label_crs or spec.crs,
+                     "transform": pixel_grid(spec.label_origin or spec.origin)}
+    style = FORMATS[spec.seed % len(FORMATS)]
+    kept_image, kept_label, kept_classes = [], [], []
+    lookup = np.arange(256, dtype=np.uint8)
+    for cls, value in spec.label_values.items():
+        lookup[cls] = value
+    rows, columns = nodata_block(spec)
+    with rasterio.open(image_path, "w", count=spec.bands, dtype=spec.dtype, **profile, **style) as image_file, \
+            rasterio.open(label_path, "w", **label_profile, **FORMATS[(spec.seed + 1) % len(FORMATS)]) as label_file:
+        image_file.colorinterp = [getattr(rasterio.enums.ColorInterp, c) for c in COLOURS[:spec.bands]]
+        for row in range(-(-spec.height // MOSAIC_TILE)):
+            y = row * MOSAIC_TILE
+            height = min(MOSAIC_TILE, spec.height - y)
+            image, classes = mosaic_rows(spec, row)
+            image, classes = image[:, :height], classes[:height]
+            label = lookup[classes]
+            if spec.nodata is not None:
+                in_block = (np.arange(y, y + height) >= rows.start) & (np.arange(y, y + height) < rows.stop)
+                label[in_block, columns] = spec.nodata
+            window = Window(0, y, spec.width, height)
+            image_file.write(image, window=window)
+            label_file.write(label[None], window=window)
+            if keep:
+                kept_image.append(image)
+                kept_label.append(label)
+                kept_classes.append(classes)
+    if not keep:
+        return WrittenScene(spec.name, image_path, label_path, np.empty(0), np.empty(0), np.empty(0))
+    return WrittenScene(spec.name, image_path, label_path, np.concatenate(kept_image, axis=1),
+                        np.concatenate(kept_label), np.concatenate(kept_classes))
+
+
+def write_layout(root: Path, specs: list[SceneSpec], **kwargs) -> dict[str, WrittenScene]:
+    """Every scene of ``specs`` under ``root`` (see :func:`write_scene`), by name."""
+    return {spec.name: write_scene(root, spec, **kwargs) for spec in specs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--size", nargs="+", default=["9500x9500"], help="HEIGHTxWIDTH of each scene")
+    parser.add_argument("--bands", type=int, choices=(3, 4), default=4)
+    parser.add_argument("--dtype", choices=("uint8", "uint16", "float32"), default="uint16")
+    args = parser.parse_args()
+    for index, size in enumerate(args.size):
+        height, width = (int(v) for v in size.lower().split("x"))
+        write_scene(args.root, SceneSpec(f"scene-{index}", height, width, args.bands, args.dtype, seed=index),
+                    keep=False)
+
+
+if __name__ == "__main__":
+    main()
