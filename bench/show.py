@@ -117,6 +117,13 @@ def _legend(figure: Figure, class_names: Sequence[str], colours: np.ndarray) -> 
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small", frameon=False)
 
 
+def _picture_and_truth(row, image: np.ndarray, truth: np.ndarray, colours) -> None:
+    """A figure row's first two panels: the tile, and its full labels over it (not-annotated pixels, -1, show the
+    tile)."""
+    _show(row[0], image)
+    _show(row[1], overlay(image, truth, colours))
+
+
 def _show(ax, picture: np.ndarray, mask: np.ndarray | None = None, colours: np.ndarray | None = None) -> None:
     ax.imshow(picture, interpolation="nearest")
     if mask is not None and 0 < (mask >= 0).mean() < SPARSE:
@@ -139,8 +146,7 @@ def annotations_figure(grid: Grid, data: GridData, tiles: int) -> Figure:
     bands = rgb_bands(data.dataset)
     for row, index in enumerate(chosen):
         image = picture(images[index], bands)
-        _show(axes[row, 0], image)
-        _show(axes[row, 1], overlay(image, full[index], colours))  # not-annotated pixels (-1) show the image
+        _picture_and_truth(axes[row], image, full[index], colours)
         for column, (cell, masks) in enumerate(zip(columns, kept, strict=True), start=2):
             _show(axes[row, column], overlay(image, masks[index], colours), masks[index], colours)
     axes[0, 0].set_title("image", fontsize="small")
@@ -200,8 +206,7 @@ def predictions_figure(grid: Grid, data: GridData, shown: Sequence[CellRow], che
     bands = rgb_bands(data.dataset)
     for row_index, index in enumerate(chosen):
         image = picture(images[index], bands)
-        _show(axes[row_index, 0], image)
-        _show(axes[row_index, 1], overlay(image, truth[index], colours))  # not-annotated pixels (-1) show the image
+        _picture_and_truth(axes[row_index], image, truth[index], colours)
         for column, labels in enumerate(predicted, start=2):
             _show(axes[row_index, column], colour_labels(labels[row_index], colours))
     axes[0, 0].set_title("image", fontsize="small")

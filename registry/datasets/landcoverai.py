@@ -41,7 +41,7 @@ import numpy as np
 
 from registry import register_dataset
 from registry.datasets.image_files import read_picture, read_tiff, tiff_size
-from registry.datasets.tile_cache import CachePlan, TileCache, TileCacheWriter, file_fingerprint
+from registry.datasets.tile_cache import CachePlan, TileCache, TileCacheWriter, file_fingerprint, open_or_prepare
 from registry.errors import UserError
 
 CLASS_NAMES = ("background", "building", "woodland", "water", "road")
@@ -290,16 +290,9 @@ def prepare(root: str | Path | None = None, size: int = 384, layout: str = "auto
                                     "resize": "none" if size == SOURCE_TILE else described[resize]})
     folder = cache_folder(root, layout, size, resize, cache_dir)
     fingerprints = {unit.key: file_fingerprint(*unit.files) for unit in units}
-    cache = TileCache.open_complete(folder, plan, fingerprints, verify)
-    if cache is not None:
-        return cache
 
-    with TileCacheWriter(folder, plan) as writer:  # waits while another process prepares this cache...
-        cache = TileCache.open_complete(folder, plan, fingerprints)  # ...which it may have completed
-        if cache is not None:
-            return cache
-        todo = [unit for unit in units if writer.needs(unit.key, fingerprints[unit.key])]
-        writer.invalidate()
+    def write(writer: TileCacheWriter, keys: set[str]) -> TileCache:
+        todo = [unit for unit in units if unit.key in keys]
         total, done = sum(len(unit.tiles) for unit in todo), 0
         for unit in todo:
             count, pixels = 0, 0
@@ -321,6 +314,8 @@ def prepare(root: str | Path | None = None, size: int = 384, layout: str = "auto
         mean, std = _channel_statistics(writer.units[unit.key]["payload"] for unit in units)
         return writer.finish([unit.key for unit in units], {"mean": mean, "std": std, "root": str(root.resolve()),
                                                             "counts": {s: len(v) for s, v in ids.items()}})
+
+    return open_or_prepare(folder, plan, fingerprints, verify, write)
 
 
 def _channel_statistics(payloads) -> tuple[list[float], list[float]]:

@@ -55,6 +55,7 @@ from registry.datasets.tile_cache import (
     TileCacheWriter,
     centre_indices,
     file_fingerprint,
+    open_or_prepare,
     resize_area,
     resize_mask,
 )
@@ -692,15 +693,9 @@ def prepare(root: str | Path | None = None, images: str = "images/*.tif", labels
         units = [(split, scene) for split, scenes in by_split.items() for scene in scenes]
         fingerprints = {scene.key: file_fingerprint(*scene.files) for _, scene in units}
         folder = cache_folder(options, cache_dir)
-        cache = TileCache.open_complete(folder, plan, fingerprints, verify)
-        if cache is not None:
-            return cache
-        with TileCacheWriter(folder, plan) as writer:  # waits while another process prepares this cache...
-            cache = TileCache.open_complete(folder, plan, fingerprints)  # ...which it may have completed
-            if cache is not None:
-                return cache
-            todo = [(split, scene) for split, scene in units if writer.needs(scene.key, fingerprints[scene.key])]
-            writer.invalidate()
+
+        def write(writer: TileCacheWriter, keys: set[str]) -> TileCache:
+            todo = [(split, scene) for split, scene in units if scene.key in keys]
             starts = {}  # each scene's first index in its split
             for split, scenes in by_split.items():
                 index = 0
@@ -732,6 +727,8 @@ def prepare(root: str | Path | None = None, images: str = "images/*.tif", labels
                      "scenes": {s: [scene.name for scene in scenes] for s, scenes in by_split.items()},
                      "unannotated": sum(p["unannotated"] for p in payloads), "colours": described["colours"]}
             return writer.finish([scene.key for _, scene in units], extra)
+
+        return open_or_prepare(folder, plan, fingerprints, verify, write)
 
 
 class Rasters:

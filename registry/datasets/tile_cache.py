@@ -22,6 +22,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -296,3 +297,20 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     if mask.shape == (size, size):
         return mask
     return mask[np.ix_(centre_indices(mask.shape[0], size), centre_indices(mask.shape[1], size))]
+
+
+def open_or_prepare(folder: Path, plan: CachePlan, fingerprints: dict[str, str], verify: bool,
+                    write: Callable[[TileCacheWriter, set[str]], TileCache]) -> TileCache:
+    """The complete cache in ``folder`` (:meth:`TileCache.open_complete`); else, holding its writer's lock,
+    ``write(writer, keys)``, which writes the units of ``keys`` (those not yet whole, or whose sources changed) and
+    returns ``writer.finish(...)``. A process that waited for another to prepare the cache opens what it finished."""
+    cache = TileCache.open_complete(folder, plan, fingerprints, verify)
+    if cache is not None:
+        return cache
+    with TileCacheWriter(folder, plan) as writer:  # waits while another process prepares this cache...
+        cache = TileCache.open_complete(folder, plan, fingerprints)  # ...which it may have completed
+        if cache is not None:
+            return cache
+        todo = {key for key, fingerprint in fingerprints.items() if writer.needs(key, fingerprint)}
+        writer.invalidate()
+        return write(writer, todo)
