@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+import registry
 from bench.recipe import (
     AUGMENT_P,
     HFLIP,
@@ -129,9 +130,8 @@ class AugmentedTiles(torch.utils.data.Dataset):
         return owned_tensor(image), owned_tensor(mask)
 
 
-# The scale of each image dtype a dataset may give: a dataset's mean and std are in units of it (uint8 values / 255,
-# uint16 values / 65535, float32 values as they are).
-IMAGE_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.float32: 1.0}
+# registry.IMAGE_SCALES by torch dtype: the scale a dataset's mean and std are in units of
+IMAGE_SCALES = {getattr(torch, name): scale for name, scale in registry.IMAGE_SCALES.items()}
 
 
 def image_scale(dtype: torch.dtype | np.dtype) -> float:

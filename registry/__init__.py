@@ -89,6 +89,9 @@ are. An optional attribute ``rgb_bands``, three channel indices, says which chan
 blue (default ``(0, 1, 2)``, or channel 0 as grey when ``in_chans`` is below 3).
 """
 
+# The value that stands for 1.0 in images of each dtype a dataset may give: its mean and std are in these units.
+IMAGE_SCALES = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
+
 
 def _check_arch(name: str, model: Any) -> None:
     import torch
@@ -183,7 +186,8 @@ def create_dataset(name: str, **kwargs: Any):
 from registry import archs, datasets, losses, maskers, regularizers  # noqa: E402,F401,RUF100
 
 __all__ = [
-    "ARCHS", "DATASETS", "LOSSES", "MASKERS", "REGULARIZERS", "DuplicateNameError", "Registry", "UnknownNameError",
+    "ARCHS", "DATASETS", "IMAGE_SCALES", "LOSSES", "MASKERS", "REGULARIZERS", "DuplicateNameError", "Registry",
+    "UnknownNameError",
     "UserError",
     "create_arch", "create_dataset", "create_loss", "create_masker", "create_regularizer", "import_plugin_module",
     "list_archs", "list_datasets", "list_losses", "list_maskers", "list_regularizers",

@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from registry import register_dataset
+from registry import IMAGE_SCALES, register_dataset
 from registry.datasets.landcoverai import default_cache_root
 from registry.datasets.tile_cache import (
     CachePlan,
@@ -64,7 +64,6 @@ from registry.errors import UserError
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
 EDGES = ("pad", "drop")
-IMAGE_SCALES = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}  # mean and std are in these units
 SIDECARS = (".aux.xml", ".ovr", ".msk", ".tfw", ".tifw", ".wld", ".jgw", ".pgw", ".prj", ".hdr", ".xml", ".txt")
 READ_BYTES = 64 * 2**20  # the most image bytes read at once
 GDAL_CACHE_MB = 256  # GDAL's block cache (its default is 5 % of the memory): blocks shared by two windows
