@@ -16,6 +16,7 @@ from typing import Any
 
 import registry
 from bench.cell_job import GridData, grid_data
+from bench.data import annotated_pixels
 from bench.identity import Component, Grid
 from bench.models import build_without_weights
 from registry.errors import UserError
@@ -39,14 +40,6 @@ def build_checked(build: Callable[[], Any], kind: str, component: Component, pla
     raise UserError(f"{place(message) if callable(place) else place}: {message}") from None
 
 
-def any_annotated(masks) -> bool:
-    """Whether full masks ``[N, H, W]`` hold an annotated pixel (not ``-1``), read a few hundred tiles at a time and
-    no further than the first that has one; an unsigned mask has no ``-1`` (an empty split is another check's)."""
-    if len(masks) == 0 or masks.dtype.kind == "u":
-        return True
-    return any(bool((masks[start:start + 256] >= 0).any()) for start in range(0, len(masks), 256))
-
-
 def check_grid(grid: Grid) -> GridData:
     """The grid's dataset, built, and every check that needs it passed: raises :class:`UserError` naming the
     problem."""
@@ -56,7 +49,8 @@ def check_grid(grid: Grid) -> GridData:
             message = f"dataset {grid.dataset.name!r} has no {split} tiles: a cell needs tiles to {purpose}"
             raise UserError(f"{grid.dataset_place(f'{split}_size')}: {message}")
     for split, purpose in (("train", "train on"), ("val", "be evaluated on"), ("test", "be tested on")):
-        if split in data.dataset.splits and not any_annotated(data.dataset.split(split)[1]):
+        # annotated_pixels is None when every pixel is (an empty split included: another check's)
+        if split in data.dataset.splits and annotated_pixels(data.dataset.split(split)[1]) == 0:
             message = (f"dataset {grid.dataset.name!r} has no annotated pixel in its {split} split (every mask pixel "
                        f"is -1, not annotated): a cell needs labels to {purpose}")
             raise UserError(f"{grid.place('dataset', grid.dataset.name)}: {message}")

@@ -47,14 +47,14 @@ class CellData:
     the best validation epoch). "Fully labelled": but for the pixels a dataset has not annotated (``-1``), which the
     metrics leave out."""
 
-    train_images: np.ndarray  # uint8 [N, H, W, C]
+    train_images: np.ndarray  # [N, H, W, C]: uint8, uint16 or float32
     train_masks: np.ndarray  # int8 [N, H, W], -1 unlabelled
-    val_images: np.ndarray  # uint8 [M, H, W, C]
+    val_images: np.ndarray  # [M, H, W, C], as train_images
     val_masks: np.ndarray  # uint8 [M, H, W], or int8/int16 with -1 not annotated
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    test_images: np.ndarray | None = None  # uint8 [T, H, W, C]
+    test_images: np.ndarray | None = None  # [T, H, W, C], as train_images
     test_masks: np.ndarray | None = None  # as val_masks
     train_annotated: int | None = None  # annotated pixels of the full training masks; None: every pixel is
 
