@@ -8,8 +8,9 @@ A name can be registered once: in a benchmark a silent overwrite would put one m
 A **name family** is every name that starts with a prefix, built by one builder: ``@ARCHS.register_prefix("tu-",
 known=timm_names, listed=[...])`` on ``def builder(rest, num_classes, ...)`` makes ``"tu-resnet34"`` the entry
 ``functools.partial(builder, "resnet34")``, so its signature (what ``create`` and the grid check keyword arguments
-against) is the builder's without its first argument. ``known()`` lists the accepted rests: any other is an unknown
-name, answered with the close matches among them. ``list()`` shows only the family's ``listed`` names (a few
+against) is the builder's without its first argument, and its ``prepare`` attribute (a dataset's one-time
+preparation) is bound the same way. ``known()`` lists the accepted rests: any other is an unknown name, answered with
+the close matches among them. ``list()`` shows only the family's ``listed`` names (a few
 representatives, which the contract tests then cover); ``entry``, ``create`` and ``in`` take any accepted name. A
 prefix owns its names: a fixed name, a plugin or another prefix that would overlap it is refused.
 """
@@ -251,7 +252,11 @@ class Registry:
                 if close and what:
                     hint += f" ({what})"
                 raise UnknownNameError(f"unknown {self.kind} {name!r}; {hint}")
-        entry = Entry(name, functools.partial(family.builder, rest), family.source, dict(family.test_kwargs))
+        builder = functools.partial(family.builder, rest)
+        prepare = getattr(family.builder, "prepare", None)
+        if prepare is not None:  # a dataset family's one-time preparation (`bench prepare`), bound to the name too
+            builder.prepare = functools.partial(prepare, rest)
+        entry = Entry(name, builder, family.source, dict(family.test_kwargs))
         self._family_entries[name] = entry
         return entry
 

@@ -32,23 +32,15 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-sys.path.insert(0, {repo!r})
-import numpy as np, rasterio
-from rasterio.windows import Window
-import registry
+sys.path[:0] = [{repo!r}, {tests!r}]
+from raster_layout import read_windows
 from registry.datasets import rasters
 mode, root, cache = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 started = time.perf_counter()
 if mode == "read":
-    with rasters._gdal_settings():
-        for name in ("scene-0", "scene-1"):
-            with rasterio.open(root / "images" / f"{{name}}.tif") as src, \
-                    rasterio.open(root / "labels" / f"{{name}}.tif") as lbl:
-                for y in rasters.tile_starts(src.height, 512, 512, "pad"):
-                    window = Window(0, y, src.width, min(512, src.height - y))
-                    src.read(list(range(1, src.count + 1)), window=window)
-                    lbl.read(1, window=window)
+    read_windows([(root / "images" / f"{{name}}.tif", root / "labels" / f"{{name}}.tif")
+                  for name in ("scene-0", "scene-1")], 512)
 else:
     rasters.prepare(root, classes=["background", "building", "woodland", "water", "road"], tile_size=512,
                     split={{"train": "train.txt", "val": "val.txt"}}, cache_dir=cache)
@@ -60,7 +52,7 @@ print(json.dumps({{"seconds": seconds, "peak_mb": peak, "after_imports_mb": impo
 
 def run(mode: str, root: Path, cache: Path) -> dict:
     shutil.rmtree(cache, ignore_errors=True)
-    code = CHILD.format(repo=str(REPO))
+    code = CHILD.format(repo=str(REPO), tests=str(REPO / "tests"))
     done = subprocess.run([sys.executable, "-c", code, mode, str(root), str(cache)], check=True,
                           capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

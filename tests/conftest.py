@@ -1,5 +1,5 @@
 """Shared fixtures: a private dataset cache for every test, a network that refuses connections, and LandCover.ai
-stand-ins in its real layouts, and rasters for the dataset ``rasters``."""
+stand-ins in its real layouts, rasters for the dataset ``rasters`` and tile folders for ``tiles``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import socket
 import pytest
 from landcoverai_layout import write_archive, write_tiles
 from raster_layout import SceneSpec, write_layout
+from tile_layout import TileSpec, write_tile_layout
 
 import bench  # noqa: F401  (first: it turns albumentations' version check off before a test module imports it)
+
+pytest_plugins = ["torchgeo_layouts"]  # the torchgeo-<Name>_root fixtures: tiny copies in torchgeo's layouts
 
 # Orthophotos of sizes that are not multiples of 512, so that edge tiles are skipped and ids have gaps; each is
 # written with another compression and strip/tile layout (see landcoverai_layout.IMAGE_FORMATS).
@@ -60,4 +63,13 @@ def rasters_root(tmp_path_factory):
     sides are multiples of its 64-pixel tiles, without nodata, so every mask is fully annotated."""
     root = tmp_path_factory.mktemp("rasters-contract")
     write_layout(root, [SceneSpec(f"scene-{i}", 128 + 64 * (i % 2), 192, seed=i) for i in range(4)])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiles_root(tmp_path_factory):
+    """The root the dataset contract tests give `tiles` (with its test arguments): eight 64-pixel RGB PNGs and their
+    index masks, in images/ and masks/, each file one tile."""
+    root = tmp_path_factory.mktemp("tiles-contract")
+    write_tile_layout(root, [TileSpec(f"t{i}", seed=i) for i in range(8)])
     return root

@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from registry.datasets import rasters
 from registry.datasets.synthetic import generate_tile
 
 MOSAIC_TILE = 256
@@ -137,6 +138,19 @@ def write_scene(root: Path, spec: SceneSpec, images: str = "images", labels: str
 def write_layout(root: Path, specs: list[SceneSpec], **kwargs) -> dict[str, WrittenScene]:
     """Every scene of ``specs`` under ``root`` (see :func:`write_scene`), by name."""
     return {spec.name: write_scene(root, spec, **kwargs) for spec in specs}
+
+
+def read_windows(pairs: list[tuple[Path, Path]], tile: int) -> None:
+    """Read what preparing the dataset ``rasters`` reads of each (image, label) raster pair, a row of ``tile``-pixel
+    tiles at a time, all bands, with rasterio under the same GDAL settings, and do nothing else: the yardstick of the
+    preparation's speed (scripts/measure_rasters_prepare.py, tests/perf)."""
+    with rasters._gdal_settings():
+        for image, label in pairs:
+            with rasterio.open(image) as src, rasterio.open(label) as lbl:
+                for y in rasters.tile_starts(src.height, tile, tile, "pad"):
+                    window = Window(0, y, src.width, min(tile, src.height - y))
+                    src.read(list(range(1, src.count + 1)), window=window)
+                    lbl.read(1, window=window)
 
 
 def main() -> None:

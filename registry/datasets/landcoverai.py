@@ -41,7 +41,14 @@ import numpy as np
 
 from registry import register_dataset
 from registry.datasets.image_files import read_picture, read_tiff, tiff_size
-from registry.datasets.tile_cache import CachePlan, TileCache, TileCacheWriter, file_fingerprint, open_or_prepare
+from registry.datasets.tile_cache import (
+    CachePlan,
+    TileCache,
+    TileCacheWriter,
+    cache_parent,
+    file_fingerprint,
+    open_or_prepare,
+)
 from registry.errors import UserError
 
 CLASS_NAMES = ("background", "building", "woodland", "water", "road")
@@ -58,13 +65,6 @@ _TILE_ID = re.compile(r"^(?P<name>\S+)_(?P<k>\d+)$")
 
 Tile = tuple[str, int, np.ndarray, np.ndarray]  # split, index in the split, image [512, 512, 3], mask [512, 512]
 Progress = Callable[[int, int], None]  # (tiles done, tiles to do)
-
-
-def default_cache_root() -> Path:
-    """``$PARTIALSEG_CACHE``, else ``$XDG_CACHE_HOME/partialseg-bench``, else ``~/.cache/partialseg-bench``."""
-    if os.environ.get("PARTIALSEG_CACHE"):
-        return Path(os.environ["PARTIALSEG_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "partialseg-bench"
 
 
 def tile_grid(name: str, height: int, width: int, tile: int = SOURCE_TILE) -> Iterator[tuple[str, int, int]]:
@@ -268,7 +268,7 @@ def _check_arguments(root, size, layout, resize, normalization) -> Path:
 
 
 def cache_folder(root: Path, layout: str, size: int, resize: str, cache_dir: str | Path | None) -> Path:
-    parent = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    parent = cache_parent(cache_dir)
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
     method = "" if resize == "area" or size == SOURCE_TILE else f"{resize}-"  # the area caches keep their old names
     return parent / f"landcoverai-{layout}-{size}-{method}{digest}"

@@ -22,7 +22,9 @@ import json
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -31,13 +33,15 @@ import cv2
 import numpy as np
 
 from registry.errors import UserError
-from registry.files import write_atomically
+from registry.files import start_writeback, write_atomically
 from registry.locks import folder_lock
 
 FORMAT = 2  # bump when the files' layout changes: an older cache is then rebuilt, never misread
 MANIFEST, PROGRESS = "manifest.json", "progress.json"
+SPLITS = ("train", "val", "test")  # the contract's splits, in the order caches list them
 IMAGE_DTYPES = ("uint8", "uint16", "float32")
 MASK_DTYPES = ("uint8", "int8", "int16")
+IOV_MAX = os.sysconf("SC_IOV_MAX")  # the most buffers one pwritev takes
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,24 @@ class CachePlan:
         return np.dtype(self.image_dtype if kind == "images" else self.mask_dtype)
 
 
+def default_cache_root() -> Path:
+    """``$PARTIALSEG_CACHE``, else ``$XDG_CACHE_HOME/partialseg-bench``, else ``~/.cache/partialseg-bench``."""
+    if os.environ.get("PARTIALSEG_CACHE"):
+        return Path(os.environ["PARTIALSEG_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "partialseg-bench"
+
+
+def cache_parent(cache_dir: str | Path | None) -> Path:
+    """Where caches go: ``cache_dir`` when given, else :func:`default_cache_root`."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+
+
+def cache_folder_for(cache_dir: str | Path | None, stem: str, root: Path, identity: dict[str, Any]) -> Path:
+    """The folder of the cache of the data at ``root`` read with options ``identity``: ``{stem}-{digest}``."""
+    described = json.dumps([str(root.resolve()), identity], sort_keys=True)
+    return cache_parent(cache_dir) / f"{stem}-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
+
+
 def file_fingerprint(*paths: Path) -> str:
     """Size and modification time of each file: cheap, and changes whenever a file is replaced or edited."""
     parts = []
@@ -102,10 +124,53 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _record(path: Path) -> dict[str, Any]:
-    """What the manifest keeps of an array file to know it again: size, modification time, SHA-256."""
+def _record(path: Path, sha256: str | None = None) -> dict[str, Any]:
+    """What the manifest keeps of an array file to know it again: size, modification time, SHA-256 (``sha256``, when
+    known already, else read from the file)."""
     stat = path.stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(path)}
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256 or _sha256(path)}
+
+
+def _contiguous_parts(tile: np.ndarray) -> list[np.ndarray]:
+    """``tile``'s bytes in order, as contiguous arrays without copying them: the tile itself, or, for a tile cut out
+    of a wider window, its rows (written with one ``pwritev``, which is faster than copying the tile first)."""
+    if tile.flags.c_contiguous:
+        return [tile]
+    if tile.ndim > 1 and tile[0].flags.c_contiguous:
+        return list(tile)
+    return [np.ascontiguousarray(tile)]
+
+
+class _RunningDigest:
+    """The SHA-256 of an array file taken from the bytes written to it, on a thread of its own (hashlib releases the
+    GIL), so that the manifest need not read the file again: valid only while the file is written from its start in
+    order, as a preparation from nothing writes it; any other write (a resumed preparation, a tile rewritten) gives
+    it up, and the file is read instead."""
+
+    PENDING = 16  # writes handed to the thread and not yet hashed, at most (each keeps its tile alive)
+
+    def __init__(self, path: Path, offset: int, hashing: ThreadPoolExecutor):
+        with open(path, "rb") as f:
+            header = f.read(offset)
+        self._hash, self._hashing = hashlib.sha256(header), hashing
+        self._pending: deque[Future] = deque()
+        self.position: int | None = offset  # where the next write must start; None once given up
+
+    def wrote(self, offset: int, parts: list[np.ndarray]) -> None:
+        """``parts`` (contiguous arrays) were written at ``offset``, one after the other."""
+        if self.position != offset:
+            self.position = None
+            return
+        if len(self._pending) >= self.PENDING:
+            self._pending.popleft().result()
+        self._pending.append(self._hashing.submit(lambda: [self._hash.update(part) for part in parts]))
+        self.position += sum(part.nbytes for part in parts)
+
+    def hexdigest(self, size: int) -> str | None:
+        """The digest of a file of ``size`` bytes, or None when the writes did not cover it in order."""
+        while self._pending:
+            self._pending.popleft().result()
+        return self._hash.hexdigest() if self.position == size else None
 
 
 def _array_problem(path: Path, recorded: dict[str, Any], verify: bool) -> str | None:
@@ -128,6 +193,8 @@ class TileCacheWriter:
         self.folder = Path(folder)
         self.plan = plan
         self._files: dict[tuple[str, str], tuple[int, int]] = {}  # (split, kind) -> (fd, data offset)
+        self._digests: dict[tuple[str, str], _RunningDigest] = {}  # of the files started afresh
+        self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-cache-sha256")
         # Another process preparing the same cache (two cells starting on one machine) is waited for: it may
         # complete the cache, which the caller then only opens (see TileCacheWriter.__enter__'s users).
         self._lock = folder_lock(self.folder, f"{self.folder}: another process is preparing this cache; waiting for it",
@@ -136,16 +203,21 @@ class TileCacheWriter:
     def __enter__(self) -> Self:
         self._lock.__enter__()
         progress = _read_json(self.folder / PROGRESS)
-        if not (isinstance(progress, dict) and progress.get("plan") == self.plan.key and self._arrays_exist()):
+        fresh = not (isinstance(progress, dict) and progress.get("plan") == self.plan.key and self._arrays_exist())
+        if fresh:
             self._start_over()
             progress = {"plan": self.plan.key, "units": {}}
         self.units: dict[str, dict[str, Any]] = progress["units"]
         for split in self.plan.ids:
             for kind in ("images", "masks"):
                 self._files[split, kind] = self._open(split, kind)
+                if fresh:
+                    self._digests[split, kind] = _RunningDigest(_array_path(self.folder, split, kind),
+                                                                self._files[split, kind][1], self._hashing)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._hashing.shutdown(cancel_futures=True)
         for fd, _ in self._files.values():
             os.close(fd)
         self._files.clear()
@@ -194,8 +266,16 @@ class TileCacheWriter:
             if tile.shape != expected or tile.dtype != dtype:
                 raise ValueError(f"tile {split}[{index}] {kind}: got {tile.shape} {tile.dtype}, "
                                  f"expected {expected} {dtype}")
-            data = np.ascontiguousarray(tile)  # copied only when it is a view of a larger array
-            os.pwrite(fd, memoryview(data).cast("B"), offset + index * data.nbytes)
+            start, parts = offset + index * tile.nbytes, _contiguous_parts(tile)
+            for group in range(0, len(parts), IOV_MAX):
+                chunk = parts[group:group + IOV_MAX]
+                written = os.pwritev(fd, chunk, start)
+                if written != sum(part.nbytes for part in chunk):
+                    raise OSError(f"{_array_path(self.folder, split, kind)}: short write ({written} bytes)")
+                start += written
+            start_writeback(fd, offset + index * tile.nbytes, tile.nbytes)  # so unit_done's fsync finds it written
+            if (split, kind) in self._digests:
+                self._digests[split, kind].wrote(offset + index * tile.nbytes, parts)
 
     def unit_done(self, key: str, fingerprint: str, tiles: int, payload: dict[str, Any]) -> None:
         """Record unit ``key`` as written (after syncing its tiles to disk), with a payload kept for :meth:`finish`."""
@@ -219,7 +299,11 @@ class TileCacheWriter:
             _write_json(self.folder / PROGRESS, {"plan": self.plan.key, "units": self.units})
         for fd, _ in self._files.values():
             os.fsync(fd)
-        arrays = {path.name: _record(path) for path in self._array_paths()}
+        arrays = {}
+        for (split, kind), (fd, _) in self._files.items():
+            path = _array_path(self.folder, split, kind)
+            digest = self._digests.get((split, kind))
+            arrays[path.name] = _record(path, digest and digest.hexdigest(os.fstat(fd).st_size))
         manifest = {"format": FORMAT, "plan": self.plan.key, "ids": self.plan.ids, "tile_size": self.plan.tile_size,
                     "in_chans": self.plan.in_chans, "image_dtype": self.plan.image_dtype,
                     "mask_dtype": self.plan.mask_dtype, "source": self.plan.source,
@@ -271,6 +355,35 @@ class TileCache:
         return sum(_array_path(self.folder, s, k).stat().st_size for s in self.ids for k in ("images", "masks"))
 
 
+class CachedTiles:
+    """A dataset served from a complete cache whose manifest names its classes (``class_names``), normalisation
+    (``mean``, ``std``) and count of unannotated pixels (``unannotated``): the DATASET_CONTRACT's attributes, and its
+    splits as read-only memory maps."""
+
+    def __init__(self, name: str, cache: TileCache):
+        manifest = cache.manifest
+        self.name = name
+        self.cache = cache
+        self.class_names = tuple(manifest["class_names"])
+        self.num_classes = len(self.class_names)
+        self.in_chans = manifest["in_chans"]
+        self.mean, self.std = tuple(manifest["mean"]), tuple(manifest["std"])
+        self.splits = tuple(s for s in SPLITS if s in manifest["ids"])
+        # int8 masks in which no pixel is unannotated are served as uint8: the same bytes, the same values.
+        self._as_uint8 = manifest["mask_dtype"] == "int8" and manifest["unannotated"] == 0
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self.splits:
+            raise UserError(f"{self.name}: unknown split {name!r}; splits: {', '.join(self.splits)}")
+        images, masks = self.cache.split(name)
+        return images, masks.view(np.uint8) if self._as_uint8 else masks
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{split}={count}" for split, count in self.cache.manifest["counts"].items())
+        return f"{type(self).__name__}({self.name}, {self.cache.folder}, size={self.cache.manifest['tile_size']}, " \
+               f"{counts})"
+
+
 # -- resizing tiles ------------------------------------------------------------------------------------------------
 
 
@@ -297,6 +410,22 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     if mask.shape == (size, size):
         return mask
     return mask[np.ix_(centre_indices(mask.shape[0], size), centre_indices(mask.shape[1], size))]
+
+
+def whole_tile(image: np.ndarray, mask: np.ndarray, tile: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A tile cut at an edge of its source (``image`` ``[h, w, C]`` and ``mask`` ``[h, w]``, ``h`` and ``w`` up to
+    ``tile``) made whole: padded to ``tile`` pixels square (image 0, mask ``-1``: not annotated), then resized to
+    ``size`` (:func:`resize_area`, :func:`resize_mask`). A whole tile at its stored size comes back as it is."""
+    height, width = mask.shape
+    if (height, width) != (tile, tile):
+        padded_image = np.zeros((tile, tile, image.shape[-1]), image.dtype)
+        padded_image[:height, :width] = image
+        padded_mask = np.full((tile, tile), -1, mask.dtype)
+        padded_mask[:height, :width] = mask
+        image, mask = padded_image, padded_mask
+    if size != tile:
+        image, mask = resize_area(np.ascontiguousarray(image), size), resize_mask(mask, size)
+    return image, mask
 
 
 def open_or_prepare(folder: Path, plan: CachePlan, fingerprints: dict[str, str], verify: bool,

@@ -17,12 +17,16 @@ round between about 0.2 and 50 ms, make it do the same work every time (reseed g
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
+from raster_layout import SceneSpec, read_windows, write_scene
 
 import registry
 from bench.device_data import draw_transforms, warp
 from bench.metrics import confusion_matrix
+from registry.datasets import rasters
 from registry.datasets.synthetic import generate_tile
 
 NUM_CLASSES = 5
@@ -114,3 +118,33 @@ def test_device_augmentation(perf):
     masks = partial_targets(16)
     augment = ["hflip", "vflip", "rot90", "shift_scale_rotate"]
     perf(lambda: warp(images, masks, draw_transforms(augment, 16, TILE, seeded())), rounds=30)
+
+
+@pytest.fixture(scope="module")
+def raster_scenes(tmp_path_factory):
+    """A 1536 x 1536 four-band uint16 LZW scene for training and a 512 x 512 one for validation: a small copy of
+    what scripts/measure_rasters_prepare.py measures at full size."""
+    root = tmp_path_factory.mktemp("perf-rasters")
+    scenes = [write_scene(root, SceneSpec("scene-0", 1536, 1536, 4, "uint16"), keep=False),
+              write_scene(root, SceneSpec("scene-1", 512, 512, 4, "uint16", seed=3), keep=False)]
+    (root / "train.txt").write_text("scene-0\n")
+    (root / "val.txt").write_text("scene-1\n")
+    return root, [(scene.image_path, scene.label_path) for scene in scenes]
+
+
+def test_rasters_read_windows(perf, raster_scenes):
+    """rasterio reading the windows that preparing the scenes reads, and nothing else: the yardstick of the next."""
+    perf(lambda: read_windows(raster_scenes[1], 512), rounds=8)
+
+
+def test_rasters_prepare(perf, raster_scenes, tmp_path):
+    """Preparing the same scenes' tile cache from nothing (512-pixel tiles): reading, labels, statistics, writing,
+    the manifest's digests. Its ratio over rasters_read_windows' is what docs/datasets.md reports at full size."""
+    root, cache = raster_scenes[0], tmp_path / "cache"
+
+    def prepare():
+        shutil.rmtree(cache, ignore_errors=True)
+        rasters.prepare(root, classes=["background", "building", "woodland", "water", "road"], tile_size=512,
+                        split={"train": "train.txt", "val": "val.txt"}, cache_dir=cache)
+
+    perf(prepare, rounds=8)
