@@ -157,11 +157,40 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Score weights trained elsewhere on a split of a grid's dataset, with "
                                                "the grid's normalisation, evaluation batch and precision, and store "
                                                "the figures.")
-    evaluate.add_argument("--arch", required=True, metavar="NAME[:KEY=VALUE,...]",
-                          help="the architecture the weights are for, as for bench perf, e.g. unet:base_channels=64")
-    evaluate.add_argument("--weights", required=True, type=Path, metavar="PATH",
-                          help="a torch.save file: a state_dict, or a dict with one under model_state_dict or model")
+    add_weights_options(evaluate, required=True)
     evaluate.add_argument("--split", choices=EVALUATED_SPLITS, default="val", help="the split scored (default: val)")
+
+    predict = commands.add_parser("predict", parents=[plugins, store_folder, grid_file, data_root, device],
+                                  help="write georeferenced class maps of whole scenes with a finished cell's weights",
+                                  description="Predict whole scenes of any size (raster files, or folders of them) "
+                                              "with a finished cell of a grid (the best one unless --cell says), or "
+                                              "with weights trained elsewhere (--arch and --weights), and write a "
+                                              "class map GeoTIFF, a quicklook and an area table per scene.")
+    predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                         help="raster files, or folders whose .tif, .tiff, .vrt, .jp2 and .img files are read")
+    predict.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="the folder written")
+    chosen = predict.add_argument_group("which weights (default: the best finished cell of the grid)")
+    chosen.add_argument("--cell", metavar="ID", help="a finished cell, by its id (or a prefix of it that one cell of "
+                                                     "the grid has)")
+    chosen.add_argument("--best", action="store_true",
+                        help="the best finished cell by best validation mIoU, of --masker and --arch if given")
+    chosen.add_argument("--masker", metavar="NAME", help="with --best: among the cells of this masker (name or label)")
+    add_weights_options(chosen, required=False, arch_help="with --weights: the architecture they are for, as for "
+                                                          "bench perf (e.g. unet:base_channels=64); else, with --best, "
+                                                          "among the cells of this architecture (name or label)")
+    windows = predict.add_argument_group("windows and outputs (docs/predict.md)")
+    windows.add_argument("--overlap", type=int, metavar="PIXELS",
+                         help="overlap of consecutive windows in pixels of the training resolution (default: a "
+                              "quarter of the tile side)")
+    windows.add_argument("--batch-size", type=positive_int, metavar="N",
+                         help="windows per batch (default: the grid's evaluation batch)")
+    windows.add_argument("--tta", action="store_true", help="average the predictions of the flips and quarter turns")
+    windows.add_argument("--confidence", action="store_true",
+                         help="also write the winning class's probability as a uint8 raster (255: certain)")
+    windows.add_argument("--cog", action="store_true", help="write cloud-optimised GeoTIFFs (with overviews)")
+    windows.add_argument("--labels", metavar="PATTERN",
+                         help="each scene's label raster ({stem}: the scene's name without its suffix, {folder}: its "
+                              "folder), e.g. 'labels/{stem}.tif': scene-level scores in scores.json and scores.csv")
 
     prepare = commands.add_parser("prepare", parents=[plugins],
                                   help="convert a dataset once into the cache that training reads")
@@ -199,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "the CPU)")
     perf.add_argument("--json", type=Path, default=Path("perf.json"), help="where to write the figures (perf.json)")
     return parser
+
+
+def add_weights_options(parser, required: bool, arch_help: str | None = None) -> None:
+    """``--arch NAME[:KEY=VALUE,...]`` and ``--weights PATH``: weights the harness did not train (bench evaluate,
+    bench predict), read by bench.perf.parse_arch_spec and bench.weights.read_state_dict."""
+    parser.add_argument("--arch", required=required, metavar="NAME[:KEY=VALUE,...]",
+                        help=arch_help or "the architecture the weights are for, as for bench perf, e.g. "
+                                          "unet:base_channels=64")
+    parser.add_argument("--weights", required=required, type=Path, metavar="PATH",
+                        help="a torch.save file: a state_dict, or a dict with one under model_state_dict or model")
 
 
 EXIT_HINTS = {  # what an interrupted command says after "interrupted"
@@ -459,6 +498,54 @@ def command_evaluate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def command_predict(args: argparse.Namespace, console: Console) -> int:
+    """bench.predict's maps of the INPUT scenes in --output, a progress bar over their windows, then each scene's
+    area table (and, with --labels, the scene-level scores) on screen."""
+    from bench.predict import check_overlap, find_scenes, inspect_scene
+    from bench.predict_outputs import Options, all_scores, area_listing, predict_scenes, scores_listing, write_scores
+
+    grid = load_grid(args.grid, overrides=args.overrides, data_root=args.data_root)
+    device = resolve_device(args.device)
+    require_writable_folder(args.output, "--output")
+    paths = find_scenes(args.inputs, args.output)
+    prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
+    predictor = chosen_predictor(args, grid, device)
+    check_overlap(args.overlap, predictor)
+    scenes = [inspect_scene(path, predictor, args.labels) for path in paths]
+    args.output.mkdir(parents=True, exist_ok=True)
+    console.print(f"predicting {len(scenes)} scenes with {predictor.label} on {device}", highlight=False,
+                  soft_wrap=True)
+    options = Options(args.overlap, args.tta, args.confidence, args.cog)
+    results = predict_scenes(predictor, scenes, args.output, options, console)
+    for result in results:
+        show(console, area_listing(result))
+    if args.labels is not None:
+        figures = all_scores(results, predictor)
+        show(console, scores_listing(figures, predictor))
+        for path in write_scores(figures, args.output, predictor.class_names):
+            console.print(f"written {path}", highlight=False)
+    return 0
+
+
+def chosen_predictor(args: argparse.Namespace, grid, device):
+    """The weights the options name, on the device: --arch and --weights, or a finished cell of the grid's store."""
+    from bench.perf import parse_arch_spec
+    from bench.predict import cell_predictor, choose_cell, weights_predictor
+
+    if args.weights is not None:
+        if args.arch is None:
+            raise UserError("predict --weights needs --arch NAME[:KEY=VALUE,...], the architecture they are for")
+        if args.cell is not None or args.best or args.masker is not None:
+            raise UserError("predict --weights: --cell, --best and --masker choose among the grid's cells; drop them")
+        return weights_predictor(grid, parse_arch_spec(args.arch), args.weights, device, args.batch_size)
+    if args.cell is not None and (args.best or args.masker is not None or args.arch is not None):
+        raise UserError(f"predict --cell {args.cell} names one cell: drop --best, --masker and --arch")
+    out = OutputFolder(args.out)
+    with out.require_store() as store:
+        cell, row, checkpoint = choose_cell(grid, store, out.checkpoints, args.cell, args.masker, args.arch)
+    return cell_predictor(grid, cell, row, checkpoint, device, args.batch_size)
+
+
 def command_list(args: argparse.Namespace, console: Console) -> int:
     if args.what == "grids":
         names = filter_names(list_grids(), args.patterns, args.exclude)
@@ -593,4 +680,4 @@ def write_leaderboard_of(store: ResultStore, leaderboard: Path, console: Console
 
 COMMANDS = {"run": command_run, "list": command_list, "prepare": command_prepare, "perf": command_perf,
             "prune": command_prune, "show": command_show, "export": command_export,
-            "leaderboard": command_leaderboard, "evaluate": command_evaluate}
+            "leaderboard": command_leaderboard, "evaluate": command_evaluate, "predict": command_predict}

@@ -86,7 +86,10 @@ split (it never labels a not-annotated pixel), and the metrics and "labelled %" 
 Images keep their dtype through the harness (caches and both data paths; they are normalised on the device), so
 ``mean`` and ``std`` are in units of its scale: uint8 values / 255, uint16 values / 65535, float32 values as they
 are. An optional attribute ``rgb_bands``, three channel indices, says which channels pictures show as red, green and
-blue (default ``(0, 1, 2)``, or channel 0 as grey when ``in_chans`` is below 3).
+blue (default ``(0, 1, 2)``, or channel 0 as grey when ``in_chans`` is below 3). Optional attributes for ``bench
+predict``, which reads whole scenes as the tiles were made: ``scale``, the stored tiles' side over their source side
+(LandCover.ai's 384 of 512: 0.75; default 1), and ``bands``, the raster band numbers (from 1) of the channels, in
+order (default: every band of a scene, as it is).
 """
 
 # The value that stands for 1.0 in images of each dtype a dataset may give: its mean and std are in these units.

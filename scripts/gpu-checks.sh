@@ -9,14 +9,18 @@
 #   grids      the default grid with one worker on the GPU, then with two workers sharing it
 #   compile    bench perf --compile
 #   reference  2 epochs of the reference experiment's UNet (reference-unet) on a LandCover.ai-sized stand-in
+#   multispectral  the smoke grid on four-band uint16 synthetic tiles, through both data paths (uint16 on CUDA)
+#   predict    bench predict of a 4000 x 4000 scene with a 64-channel UNet at 384 px, beside bench perf's evaluation
 #
 # Everything goes to $OUT (default /tmp/gpu-checks), at most two files a step plus device.txt, named so that the
 # device tool brings them back: device.txt (the device, and each step's wall time), perf.json and perf.log,
-# grids.json and grids.log, perf-compile.json and perf-compile.log, reference.json and reference.log.
+# grids.json and grids.log, perf-compile.json and perf-compile.log, reference.json and reference.log,
+# multispectral.json and multispectral.log, predict.log and predict-perf.json.
 # A machine whose Python lacks some of this project's dependencies can be given them as wheels in .whl/ (see
 # docs/perf.md); they are installed into /tmp/site first. To try the script on a CPU, shrink the work:
 # EXTRA_PERF_ARGS adds options to both bench perf runs, GRID_DEVICES replaces the grids' --devices values ("0 0,0"),
-# REFERENCE_TILES the reference's "size train val" ("384 7470 1602").
+# REFERENCE_TILES the reference's "size train val" ("384 7470 1602"), PREDICT_SCENE the scene's side (4000) and
+# PREDICT_TILE the window (384).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-checks}
@@ -77,8 +81,35 @@ step_reference() {
     histories "reference=/tmp/gpu-runs-reference/results.sqlite" > "$out/reference.json"
 }
 
+step_multispectral() {
+    # Four-band uint16 tiles (the synthetic near-infrared band) kept uint16 up to the device, on both data paths.
+    local runs=()
+    for path in device loader; do
+        "$python" -m bench run --grid smoke --set dataset.nir=true --set 'dataset.dtype="uint16"' \
+            --set "recipe.data_path=\"$path\"" --out "/tmp/gpu-runs-uint16-$path" \
+            --leaderboard "/tmp/gpu-runs-uint16-$path/leaderboard.md" 2>&1 | tee -a "$out/multispectral.log"
+        runs+=("$path=/tmp/gpu-runs-uint16-$path/results.sqlite")
+    done
+    histories "${runs[@]}" > "$out/multispectral.json"
+}
+
+step_predict() {
+    # Prediction throughput (windows/s) against bench perf's evaluation images/s, same model, window and batch.
+    local side=${PREDICT_SCENE:-4000} tile=${PREDICT_TILE:-384} folder=/tmp/gpu-predict
+    mkdir -p "$folder"
+    "$python" tests/raster_layout.py "$folder/scene" --size "${side}x${side}" --bands 3 --dtype uint8 || return 1
+    "$python" -c "import sys, torch, registry
+torch.save(registry.create_arch('unet', 5, 3, base_channels=64).state_dict(), sys.argv[1])" "$folder/unet.pt" || return 1
+    step_perf predict-perf --arch unet:base_channels=64 --size "$tile" --batch-size 32
+    local started=$SECONDS
+    "$python" -m bench predict --grid default --set "dataset.tile_size=$tile" --arch unet:base_channels=64 \
+        --weights "$folder/unet.pt" --batch-size 32 "$folder/scene/images" --output "$folder/maps" 2>&1 \
+        | tee "$out/predict.log"
+    echo "predict ${side}x${side} at $tile px: $((SECONDS - started)) s" | tee -a "$out/device.txt"
+}
+
 if [ $# -eq 0 ]; then
-    echo "usage: scripts/gpu-checks.sh STEP ... (steps: perf grids compile reference)" >&2
+    echo "usage: scripts/gpu-checks.sh STEP ... (steps: perf grids compile reference multispectral predict)" >&2
     exit 2
 fi
 describe | tee -a "$out/device.txt"
@@ -90,8 +121,10 @@ for step in "$@"; do
     grids) step_grids ;;
     compile) step_perf perf-compile --compile ;;
     reference) step_reference ;;
+    multispectral) step_multispectral ;;
+    predict) step_predict ;;
     *)
-        echo "unknown step $step (steps: perf grids compile reference)" >&2
+        echo "unknown step $step (steps: perf grids compile reference multispectral predict)" >&2
         exit 2
         ;;
     esac

@@ -30,6 +30,14 @@ def test_contract_attributes(dataset):
         assert all(0 <= m <= 1 for m in dataset.mean) and all(s <= 1 for s in dataset.std)
 
 
+def test_contract_optional_scale_and_bands(dataset):
+    """What `bench predict` reads whole scenes with, when a dataset says it."""
+    assert 0 < getattr(dataset, "scale", 1.0) <= 1
+    bands = getattr(dataset, "bands", None)
+    if bands is not None:
+        assert len(bands) == dataset.in_chans and all(isinstance(b, int) and b >= 1 for b in bands)
+
+
 def test_contract_splits_are_labelled_arrays_of_the_contract_dtypes(dataset):
     for name in dataset.splits:
         images, masks = dataset.split(name)

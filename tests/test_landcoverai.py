@@ -117,6 +117,7 @@ def test_three_channel_png_masks_and_both_layouts_agree(landcoverai_archive, lan
 
 def test_dataset_entry_reads_the_cache_and_its_statistics(landcoverai_archive):
     dataset = registry.create_dataset("landcoverai", root=str(landcoverai_archive[0]), size=64)
+    assert dataset.scale == 64 / 512  # what `bench predict` resamples whole orthophotos by
     images, _ = dataset.split("train")
     expected = images.reshape(-1, 3).astype(np.float64) / 255
     assert np.allclose(dataset.mean, expected.mean(0), atol=1e-5)

@@ -230,6 +230,17 @@ def test_bands_pick_and_order_and_rgb_bands(nir16, tmp_path):
     assert plain.rgb_bands is None  # no red, green and blue among them: the harness's default
 
 
+def test_the_dataset_says_its_scale_and_bands_for_predicting_scenes(nir16, tmp_path):
+    """`bench predict` reads a scene's bands in the order the tiles hold them, resampled as the tiles were."""
+    root, _ = nir16
+    every = registry.create_dataset("rasters", root=str(root), classes=CLASSES, tile_size=128, cache_dir=str(tmp_path))
+    assert (every.scale, every.bands) == (1.0, [1, 2, 3, 4])
+    picked = registry.create_dataset("rasters", root=str(root), classes=CLASSES, tile_size=128, scale=0.75,
+                                     bands=[4, 1], cache_dir=str(tmp_path))
+    assert (picked.scale, picked.bands) == (0.75, [4, 1])
+    assert picked.split("train")[0].shape[1:] == (96, 96, 2)
+
+
 @pytest.mark.parametrize("fixture, scale", [("rgb8", 255), ("nir16", 65535), ("float32", 1)])
 def test_mean_and_std_over_the_training_pixels_inside_the_rasters(fixture, scale, request, tmp_path):
     root, scenes = request.getfixturevalue(fixture)

@@ -341,6 +341,7 @@ class LandCoverAI:
 
     def __init__(self, cache: TileCache, normalization: str = "train"):
         self.cache = cache
+        self.scale = cache.manifest["tile_size"] / SOURCE_TILE  # 384 / 512: what `bench predict` resamples scenes by
         if normalization == "imagenet":
             self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         else:

@@ -106,7 +106,7 @@ def _detail(err: BaseException) -> str:
 
 
 @contextmanager
-def _reading(path: Path, what: str) -> Iterator[None]:
+def reading(path: Path, what: str) -> Iterator[None]:
     """Any failure to open or decode ``path`` as a one-line UserError naming it."""
     try:
         yield
@@ -119,13 +119,13 @@ def _reading(path: Path, what: str) -> Iterator[None]:
 
 
 @contextmanager
-def _opened(path: Path, what: str):
+def opened(path: Path, what: str):
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a PNG pair, say: both share the identity
-        with _reading(path, what):
+        with reading(path, what):
             source = rasterio.open(path)
         with source:
             yield source
@@ -136,7 +136,7 @@ def _check_png_end(source: Any, path: Path, what: str) -> None:
     fast as its line by line path) fills the missing rows without an error, so the file's end is checked instead."""
     if source.driver != "PNG":
         return
-    with _reading(path, what), open(path, "rb") as f:
+    with reading(path, what), open(path, "rb") as f:
         size = f.seek(0, 2)
         f.seek(max(0, size - PNG_TAIL_BYTES))
         tail = f.read()
@@ -432,7 +432,7 @@ def inspect_scene(name: str, image: Path, label: Path, options: Options) -> tupl
     """The scene, from its two headers (sizes, CRS, transform, bands, dtypes checked), and what its image is:
     band count, dtype and colour interpretation."""
     words = options.words
-    with _opened(image, words.image) as src, _opened(label, words.label) as lbl:
+    with opened(image, words.image) as src, opened(label, words.label) as lbl:
         if (src.height, src.width) != (lbl.height, lbl.width):
             raise UserError(f"{image} ({src.height}x{src.width}) and {label} ({lbl.height}x{lbl.width}): "
                             f"{words.pair} sizes differ")
@@ -655,7 +655,7 @@ def count_values(path: Path, values: list[int], options: Options | None = None) 
 
     colours, what = (options.colours, options.words.label) if options is not None else (False, "label raster")
     counts = dict.fromkeys(values, 0)
-    with _opened(path, what) as lbl, _reading(path, what):
+    with opened(path, what) as lbl, reading(path, what):
         rows = max(1, READ_BYTES // max(1, lbl.width * np.dtype(lbl.dtypes[0]).itemsize * (4 if colours else 1)))
         for y in range(0, lbl.height, rows):
             window = _read_labels(lbl, Window(0, y, lbl.width, min(rows, lbl.height - y)), colours)
@@ -721,8 +721,8 @@ class _OpenScene:
         if self.key != scene.key:
             self.close()
             words = self.options.words
-            src = self._files.enter_context(_opened(scene.image, words.image))
-            lbl = self._files.enter_context(_opened(scene.label, words.label))
+            src = self._files.enter_context(opened(scene.image, words.image))
+            lbl = self._files.enter_context(opened(scene.label, words.label))
             self.files = (src, lbl, _lookup(self.options, np.dtype(lbl.dtypes[0]), scene.label_nodata))
             self.key = scene.key
         return self.files
@@ -752,9 +752,9 @@ def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, band
         with _gdal_settings(options):  # GDAL's settings are per thread
             src, lbl, lookup = opened.open(scene)
             pixels = np.empty((height, window.width, len(bands)), dtype)  # pixel-interleaved, as tiles are
-            with _reading(scene.image, words.image):
+            with reading(scene.image, words.image):
                 src.read(list(bands), window=window, out=pixels.transpose(2, 0, 1))  # GDAL follows the strides
-            with _reading(scene.label, words.label):
+            with reading(scene.label, words.label):
                 labels = _read_labels(lbl, window, options.colours)
         if dtype.kind == "f" and not np.isfinite(pixels).all():
             raise UserError(f"{scene.image}: {np.count_nonzero(~np.isfinite(pixels))} values in rows "

@@ -156,15 +156,17 @@ class _RunningDigest:
         self._pending: deque[Future] = deque()
         self.position: int | None = offset  # where the next write must start; None once given up
 
-    def wrote(self, offset: int, parts: list[np.ndarray]) -> None:
-        """``parts`` (contiguous arrays) were written at ``offset``, one after the other."""
+    def wrote(self, offset: int, tile: np.ndarray) -> None:
+        """``tile``'s bytes were written at ``offset``."""
         if self.position != offset:
             self.position = None
             return
         if len(self._pending) >= self.PENDING:
             self._pending.popleft().result()
-        self._pending.append(self._hashing.submit(lambda: [self._hash.update(part) for part in parts]))
-        self.position += sum(part.nbytes for part in parts)
+        # One update of the whole tile (copied into one buffer first when it is a view of a window): hashlib lets go
+        # of the GIL only for an update of 2 kB or more, and each update of a row would take it back.
+        self._pending.append(self._hashing.submit(lambda: self._hash.update(np.ascontiguousarray(tile))))
+        self.position += tile.nbytes
 
     def hexdigest(self, size: int) -> str | None:
         """The digest of a file of ``size`` bytes, or None when the writes did not cover it in order."""
@@ -275,7 +277,7 @@ class TileCacheWriter:
                 start += written
             start_writeback(fd, offset + index * tile.nbytes, tile.nbytes)  # so unit_done's fsync finds it written
             if (split, kind) in self._digests:
-                self._digests[split, kind].wrote(offset + index * tile.nbytes, parts)
+                self._digests[split, kind].wrote(offset + index * tile.nbytes, tile)
 
     def unit_done(self, key: str, fingerprint: str, tiles: int, payload: dict[str, Any]) -> None:
         """Record unit ``key`` as written (after syncing its tiles to disk), with a payload kept for :meth:`finish`."""
@@ -357,8 +359,9 @@ class TileCache:
 
 class CachedTiles:
     """A dataset served from a complete cache whose manifest names its classes (``class_names``), normalisation
-    (``mean``, ``std``) and count of unannotated pixels (``unannotated``): the DATASET_CONTRACT's attributes, and its
-    splits as read-only memory maps."""
+    (``mean``, ``std``) and count of unannotated pixels (``unannotated``): the DATASET_CONTRACT's attributes (with
+    ``scale`` and ``bands`` from the plan's source: its ``tile_size`` in source pixels and the raster bands read),
+    and its splits as read-only memory maps."""
 
     def __init__(self, name: str, cache: TileCache):
         manifest = cache.manifest
@@ -369,6 +372,9 @@ class CachedTiles:
         self.in_chans = manifest["in_chans"]
         self.mean, self.std = tuple(manifest["mean"]), tuple(manifest["std"])
         self.splits = tuple(s for s in SPLITS if s in manifest["ids"])
+        # what `bench predict` reads scenes with: tiles stored at this share of their source side, from these bands
+        self.scale = manifest["tile_size"] / (manifest["source"].get("tile_size") or manifest["tile_size"])
+        self.bands = manifest["source"].get("bands")
         # int8 masks in which no pixel is unannotated are served as uint8: the same bytes, the same values.
         self._as_uint8 = manifest["mask_dtype"] == "int8" and manifest["unannotated"] == 0
 

@@ -1,0 +1,345 @@
+"""``bench predict``: a model's class map of whole scenes of any size, as georeferenced rasters.
+
+The model is a finished cell's ``best.pt`` (``--cell ID``, or the best finished cell of the grid, optionally of one
+masker or architecture) or weights trained elsewhere (``--arch``, ``--weights``, as ``bench evaluate`` reads them);
+the grid gives the dataset's normalisation (its mean and std), bands (``bands``, raster band numbers from 1; all when
+it has none), scale (``scale``, source pixels to stored ones: LandCover.ai's 512 -> 384 is 0.75; 1 when it has
+none), class names and tile side, and its recipe the evaluation batch and the precision.
+
+A scene is cut into windows of the tile side at the training resolution (:mod:`bench.windows`: ``tile / scale``
+source pixels, overlapping, the border padded by reflection), each read with rasterio, resized by area to the tile
+side when the scale is not 1 (as the dataset's tiles were), normalised and predicted on the device in batches
+(optionally averaged over the flips and quarter turns, ``tta``); the softmax probabilities are resized back to the
+source grid, blended, and handed over a band of rows at a time to :mod:`bench.predict_outputs`, which writes them.
+Reading runs one batch ahead in a thread, so that the disk and the device work at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.cell_job import grid_data
+from bench.checkpoints import BEST, DamagedCheckpoint, read
+from bench.checks import build_checked
+from bench.data import Normalizer
+from bench.device import Precision, choose_precision
+from bench.identity import Cell, Component, Grid
+from bench.models import build_model
+from bench.scoring import eval_batch_size
+from bench.store import CellRow, ResultStore
+from bench.weights import load_into, read_state_dict
+from bench.windows import Layout, RowBand, dihedral, reflect, undo_dihedral
+from registry.datasets.rasters import GDAL_CACHE_MB, opened, reading
+from registry.datasets.tile_cache import resize_area
+from registry.errors import UserError
+
+# What a folder given as INPUT holds that is read as a scene (GDAL reads many more; name those files one by one).
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+TTA_TRANSFORMS = 8  # the flips and quarter turns of a square window (bench.windows.dihedral)
+
+
+@dataclass
+class Predictor:
+    """A model on the device and what the grid says about the data it was trained on."""
+
+    model: torch.nn.Module
+    label: str  # which weights: the cell's label, or the architecture and the weights file
+    class_names: tuple[str, ...]
+    normalize: Normalizer
+    tile: int  # the training tile side: the window side at the training resolution
+    scale: float  # source pixels -> training pixels (0.75: 512 source pixels were resized to 384)
+    bands: tuple[int, ...] | None  # raster band numbers from 1, in the training data's order; None: all
+    in_chans: int
+    dtype: np.dtype  # the training images' dtype, which the scenes must have
+    device: torch.device
+    precision: Precision
+    batch_size: int
+    figures: dict[str, Any] = field(default_factory=dict)  # the cell's tile-level figures (best mIoU...), if any
+
+    @property
+    def window(self) -> int:
+        """The window side in source pixels."""
+        return max(1, round(self.tile / self.scale))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# -- the model -------------------------------------------------------------------------------------------------------
+
+
+def grid_dataset(grid: Grid):
+    """The grid's dataset and its tiles' ``(side, channels, dtype)``."""
+    dataset = build_checked(lambda: grid_data(grid).dataset, "dataset", grid.dataset, grid.dataset_place)
+    images, _ = dataset.split("val")
+    return dataset, (images.shape[1], images.shape[-1], images.dtype)
+
+
+def make_predictor(grid: Grid, arch: Component, state: dict[str, torch.Tensor], where: str, label: str,
+                   device: torch.device, batch_size: int | None, figures: dict[str, Any] | None = None) -> Predictor:
+    """``arch`` built for the grid's dataset on ``device`` as training sets it up, ``state`` loaded (a UserError
+    starting with ``where`` when it does not fit)."""
+    dataset, (tile, channels, dtype) = grid_dataset(grid)
+    model = build_checked(lambda: build_model(arch, dataset.num_classes, channels, device).module, "architecture",
+                          arch, f"--arch {arch.label}")
+    if tile % model.size_divisor:
+        raise UserError(f"--arch {arch.label}: needs window sides divisible by {model.size_divisor}, but "
+                        f"{grid.dataset.name!r} tiles are {tile}x{tile}")
+    load_into(model, state, dataset.num_classes, where, arch.label)
+    model.eval()
+    recipe = grid.cells[0].recipe  # the grid's one recipe: every cell has it
+    scale = float(getattr(dataset, "scale", 1.0))
+    bands = getattr(dataset, "bands", None)
+    return Predictor(model, label, tuple(dataset.class_names), Normalizer(dataset.mean, dataset.std, device), tile,
+                     scale, None if bands is None else tuple(int(b) for b in bands), channels, np.dtype(dtype), device,
+                     choose_precision(device, recipe["amp"]), batch_size or eval_batch_size(recipe), figures or {})
+
+
+def weights_predictor(grid: Grid, arch: Component, weights: Path, device: torch.device,
+                      batch_size: int | None) -> Predictor:
+    """Weights trained elsewhere (``--arch``, ``--weights``), read as ``bench evaluate`` reads them."""
+    state = read_state_dict(weights)
+    return make_predictor(grid, arch, state, f"--weights {weights}", f"{arch.label} · {weights.name}", device,
+                          batch_size)
+
+
+def cell_predictor(grid: Grid, cell: Cell, row: CellRow, checkpoint: Path, device: torch.device,
+                   batch_size: int | None) -> Predictor:
+    """A finished cell's ``best.pt``."""
+    try:
+        state = read(checkpoint)["model"]
+    except DamagedCheckpoint as err:
+        raise UserError(f"cell {row.cell_id}: {err}") from None
+    figures = {key: row.metrics[key] for key in ("best_miou", "best_iou", "test_miou") if key in row.metrics}
+    return make_predictor(grid, cell.arch, state, f"cell {row.cell_id} ({checkpoint})", cell.label, device,
+                          batch_size, {"cell_id": row.cell_id, **figures})
+
+
+def choose_cell(grid: Grid, store: ResultStore, checkpoints: Path, cell_id: str | None, masker: str | None = None,
+                arch: str | None = None) -> tuple[Cell, CellRow, Path]:
+    """The cell ``cell_id`` (its id or a prefix of it that one cell of the grid has) or, without it, the best
+    finished cell (by best validation mIoU) of the grid whose masker and architecture are those named, if named (by
+    name or label); with its row and its ``best.pt``. What is not there is a UserError."""
+    cells = grid.cells_by_id()
+    if cell_id is not None:
+        matches = list({cells[key].cell_id: cells[key] for key in cells if cell_id and key.startswith(cell_id)}
+                       .values())
+        if len(matches) != 1:
+            why = "no cell of grid" if not matches else f"{len(matches)} cells of grid"
+            raise UserError(f"--cell {cell_id}: {why} {grid.name} have this id (`bench run --grid {grid.path} "
+                            "--dry-run` lists them)")
+        (cell,) = matches
+        row = store.find(cell)
+        if row is None or row.status != "done":
+            state = "has not run" if row is None else f"is {row.status}, not finished"
+            raise UserError(f"--cell {cell_id}: cell {cell.label} {state}; `bench run --grid {grid.path}` trains it")
+        return cell, row, _whole_best(checkpoints, row, f"--cell {cell_id}")
+    rows = [(cells[row.cell_id], row) for row in store.rows("done") if row.cell_id in cells]
+    chosen = [(cell, row) for cell, row in rows if _named(cell.masker, masker) and _named(cell.arch, arch)]
+    wanted = " and ".join(f"{what} {name}" for what, name in (("masker", masker), ("architecture", arch)) if name)
+    if not chosen:
+        raise UserError(f"no finished cell of grid {grid.name}{f' with {wanted}' if wanted else ''} in "
+                        f"{store.path}; `bench run --grid {grid.path}` trains them")
+    cell, row = max(chosen, key=lambda pair: pair[1].metrics["best_miou"])
+    return cell, row, _whole_best(checkpoints, row, "--best")
+
+
+def _named(component: Component, name: str | None) -> bool:
+    return name is None or name in (component.name, component.label)
+
+
+def _whole_best(checkpoints: Path, row: CellRow, option: str) -> Path:
+    path = checkpoints / row.cell_id / BEST
+    if not path.exists():
+        raise UserError(f"{option}: cell {row.label} is finished but its weights are not in {checkpoints} (no "
+                        f"{row.cell_id}/{BEST}); pass the --out it ran with")
+    return path
+
+
+# -- the scenes ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scene:
+    """An input raster, as its header describes it, and its label raster if scores are wanted."""
+
+    path: Path
+    height: int
+    width: int
+    count: int
+    dtype: np.dtype
+    crs: Any
+    transform: Any
+    labels: Path | None = None
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+def find_scenes(inputs: list[Path], skip: Path | None = None) -> list[Path]:
+    """The raster files ``inputs`` name: files as they are, folders' files with a raster suffix (not those under
+    ``skip``, the output folder), in name order; one line for an input that is not there or holds none."""
+    found: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
+                           and (skip is None or p.resolve().parent != skip.resolve()))
+            if not files:
+                raise UserError(f"{path}: a folder with no raster file ({', '.join(RASTER_SUFFIXES)})")
+            found += files
+        elif path.exists():
+            found.append(path)
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    stems: dict[str, Path] = {}
+    for path in found:
+        if path.stem in stems and stems[path.stem].resolve() != path.resolve():
+            raise UserError(f"{path} and {stems[path.stem]}: two scenes named {path.stem!r}, whose outputs would "
+                            "have the same names; predict them into different --output folders")
+        stems[path.stem] = path
+    return list(dict.fromkeys(found))
+
+
+def label_path(pattern: str, image: Path) -> Path:
+    """The label raster of ``image``: ``pattern`` with ``{stem}`` (the image's name without its suffix) and
+    ``{folder}`` (the image's folder) filled in; a relative path is taken from the current folder."""
+    try:
+        return Path(pattern.format(stem=image.stem, folder=str(image.parent)))
+    except (KeyError, IndexError, ValueError) as err:
+        raise UserError(f"--labels {pattern}: a pattern may name {{stem}} and {{folder}}, not {err}") from None
+
+
+def inspect_scene(path: Path, predictor: Predictor, labels: str | None = None) -> Scene:
+    """``path``'s header, checked against the training data (bands, dtype), and its label raster's (there, the same
+    size); one line for what does not fit."""
+    with opened(path, "raster") as source:
+        scene = Scene(path, source.height, source.width, source.count, np.dtype(source.dtypes[0]), source.crs,
+                      source.transform)
+    if predictor.bands is None and scene.count != predictor.in_chans:
+        raise UserError(f"{path}: has {scene.count} bands; the grid's training data has {predictor.in_chans}")
+    if predictor.bands is not None and max(predictor.bands) > scene.count:
+        raise UserError(f"{path}: has {scene.count} bands; the grid's training data reads bands "
+                        f"{', '.join(map(str, predictor.bands))}")
+    if scene.dtype != predictor.dtype:
+        raise UserError(f"{path}: holds {scene.dtype}; the grid's training data is {predictor.dtype}")
+    if labels is None:
+        return scene
+    truth = label_path(labels, path)
+    if not truth.exists():
+        raise UserError(f"--labels {labels}: no label raster {truth} for {path}")
+    with opened(truth, "label raster") as source:
+        if (source.height, source.width) != (scene.height, scene.width):
+            raise UserError(f"{truth}: is {source.height}x{source.width} pixels; its scene {path} is "
+                            f"{scene.height}x{scene.width}")
+    return Scene(**{**scene.__dict__, "labels": truth})
+
+
+# -- predicting ------------------------------------------------------------------------------------------------------
+
+
+def read_band(source, y: int, layout: Layout, bands: list[int]) -> np.ndarray:
+    """The scene rows ``y .. y + window`` and every column of the padded scene, reflected where they lie outside it,
+    as ``[window, padded width, bands]``: one read for a whole row of windows."""
+    columns = layout.columns()
+    rows = reflect(np.arange(y, y + layout.window), layout.height)
+    cols = reflect(np.arange(columns[0], columns[-1] + layout.window), layout.width)
+    from rasterio.windows import Window
+
+    top, left = int(rows.min()), int(cols.min())
+    window = Window(left, top, int(cols.max()) + 1 - left, int(rows.max()) + 1 - top)
+    pixels = source.read(bands, window=window)  # [bands, h, w]
+    return np.moveaxis(pixels[:, rows - top][:, :, cols - left], 0, -1)
+
+
+def window_batches(source, layout: Layout, predictor: Predictor) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+    """The windows of the scene open in ``source``, row by row, in batches: ``(positions, tiles [N, tile, tile,
+    bands])``, each tile resized by area to the training tile side when the window is not that side already."""
+    bands = list(predictor.bands or range(1, predictor.in_chans + 1))
+    columns = layout.columns()
+    positions, tiles = [], []
+    for y in layout.rows():
+        band = read_band(source, y, layout, bands)
+        for x in columns:
+            tile = band[:, x - columns[0]:x - columns[0] + layout.window]
+            positions.append((y, x))
+            tiles.append(resize_area(np.ascontiguousarray(tile), predictor.tile))
+            if len(tiles) == predictor.batch_size:
+                yield positions, np.stack(tiles)
+                positions, tiles = [], []
+    if tiles:
+        yield positions, np.stack(tiles)
+
+
+def ahead(batches: Iterator, path: Path) -> Iterator:
+    """``batches`` read one ahead in a thread, read errors as one line naming ``path``."""
+    import rasterio
+
+    def take():
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), reading(path, "raster"):  # GDAL's settings are per thread
+            return next(batches, None)
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(take)
+        while (batch := pending.result()) is not None:
+            pending = reader.submit(take)
+            yield batch
+
+
+def probabilities(predictor: Predictor, tiles: np.ndarray, tta: bool = False) -> torch.Tensor:
+    """The model's softmax probabilities ``[N, C, tile, tile]`` (float32, on the device) for tiles ``[N, tile,
+    tile, bands]`` of the training dtype; with ``tta``, averaged over the eight flips and quarter turns."""
+    batch = torch.from_numpy(tiles).to(predictor.device, non_blocking=True)
+    images = predictor.normalize.scale(batch.permute(0, 3, 1, 2).float(), batch.dtype)
+    total = None
+    for index in range(TTA_TRANSFORMS if tta else 1):
+        with predictor.precision.autocast():
+            logits = predictor.model(dihedral(images, index).contiguous(memory_format=torch.channels_last))
+        # float32: the blend sums many windows' probabilities
+        probs = undo_dihedral(torch.softmax(logits.float(), dim=1), index)
+        total = probs if total is None else total + probs
+    return total / (TTA_TRANSFORMS if tta else 1)
+
+
+def to_source_grid(probs: torch.Tensor, window: int) -> torch.Tensor:
+    """Probabilities ``[N, C, tile, tile]`` resized (bilinearly) to the window's side in source pixels."""
+    if probs.shape[-1] == window:
+        return probs
+    return F.interpolate(probs, size=(window, window), mode="bilinear", align_corners=False)
+
+
+def layout_of(scene: Scene, predictor: Predictor, overlap: int | None) -> Layout:
+    """The windows over ``scene``: ``overlap`` training pixels (default a quarter of the tile) in source pixels."""
+    overlap = predictor.tile // 4 if overlap is None else overlap
+    return Layout(scene.height, scene.width, predictor.window, min(predictor.window - 1,
+                                                                   round(overlap / predictor.scale)))
+
+
+def blended_rows(predictor: Predictor, scene: Scene, layout: Layout, tta: bool = False,
+                 done: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """The scene's blended probabilities, a band of rows at a time, top to bottom: ``(first row, [C, rows,
+    width])`` on the device; ``done(windows)`` after each batch. Call it under ``torch.inference_mode()``."""
+    band = RowBand(layout, predictor.num_classes, predictor.device)
+    with opened(scene.path, "raster") as source:
+        for positions, tiles in ahead(window_batches(source, layout, predictor), scene.path):
+            probs = to_source_grid(probabilities(predictor, tiles, tta), layout.window)
+            for (y, x), window in zip(positions, probs, strict=True):
+                yield from band.add(y, x, window)
+            if done is not None:
+                done(len(positions))
+    yield from band.finish()
+
+
+def check_overlap(overlap: int | None, predictor: Predictor) -> None:
+    if overlap is not None and not 0 <= overlap < predictor.tile:
+        raise UserError(f"--overlap {overlap}: must be from 0 to {predictor.tile - 1} (pixels of the "
+                        f"{predictor.tile}-pixel window)")
