@@ -29,3 +29,26 @@ fractions = [{fractions}]
 epochs = {epochs}
 batch_size = {batch_size}
 """ + (f"{recipe}\n" if recipe else "")
+
+
+def dataset_grid(description: str, dataset: str) -> str:
+    """A grid of one tiny UNet cell (random pixels at 20 %, one epoch) on the dataset that the lines ``dataset`` of
+    its ``[dataset]`` table describe: the end-to-end runs of the datasets that read files."""
+    return f"""
+description = "{description}"
+
+[dataset]
+{dataset}
+
+[axes]
+archs = [{TINY_UNET}]
+losses = ["partial_ce"]
+maskers = ["random_pixels"]
+fractions = [0.2]
+seeds = [0]
+
+[recipe]
+epochs = 1
+batch_size = 4
+lr = 0.003
+"""

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from grids import dataset_grid
 from raster_layout import SceneSpec, pixel_grid, write_layout, write_scene
+from user_faults import refused_leaving_no_complete_cache
 
 import registry
 from bench.cli import main
@@ -384,16 +386,7 @@ def test_bad_input_is_one_line_naming_the_file_and_no_complete_cache(case, rgb8,
     if not options:
         prepare(root, **kwargs)  # a complete cache, before the damage
     damage(root)
-    with pytest.raises(UserError) as caught:
-        prepare(root, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message, message
-    for text in texts:
-        assert text in message, message
-    if while_reading:  # the cache was being rewritten: its completeness mark is gone
-        assert not list((tmp_path / "cache").glob(f"*/{MANIFEST}"))
-    with pytest.raises(UserError):  # and the dataset is never served from a cache of damaged rasters
-        registry.create_dataset("rasters", root=str(root), **kwargs)
+    refused_leaving_no_complete_cache(prepare, root, kwargs, texts, while_reading, tmp_path / "cache", "rasters")
 
 
 @pytest.mark.parametrize("options, text", [
@@ -440,30 +433,13 @@ def test_labels_beside_the_images_are_not_taken_for_images(tmp_path):
 
 
 def write_grid(path: Path, root: Path, extra: str = "") -> Path:
-    path.write_text(f"""
-description = "rasters end to end"
-
-[dataset]
-name = "rasters"
+    path.write_text(dataset_grid("rasters end to end", f"""name = "rasters"
 root = "{root}"
 classes = {json.dumps(CLASSES)}
 tile_size = 64
 edge = "drop"
 split = {{ train = 0.5, val = 0.25, test = 0.25 }}
-{extra}
-
-[axes]
-archs = [{{ name = "unet", base_channels = 4, depth = 3 }}]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.2]
-seeds = [0]
-
-[recipe]
-epochs = 1
-batch_size = 4
-lr = 0.003
-""", encoding="utf-8")
+{extra}"""), encoding="utf-8")
     return path
 
 

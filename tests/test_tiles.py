@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import rasterio
 import tifffile
+from grids import dataset_grid
 from PIL import Image
 from test_rasters import independent_starts
 from tile_layout import DEEPGLOBE_COLOURS, TileSpec, write_tile_layout
+from user_faults import refused_leaving_no_complete_cache
 
-import registry
 from bench.cli import main
 from registry.datasets import tiles
 from registry.datasets.tile_cache import MANIFEST, PROGRESS
@@ -310,16 +311,7 @@ def test_bad_input_is_one_line_naming_the_file_and_no_complete_cache(case, reque
     if while_reading:
         tiles.prepare(root, **kwargs)  # a complete cache, before the damage
     damage(root)
-    with pytest.raises(UserError) as caught:
-        tiles.prepare(root, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message, message
-    for text in texts:
-        assert text in message, message
-    if while_reading:  # the cache was being rewritten: its completeness mark is gone
-        assert not list((tmp_path / "cache").glob(f"*/{MANIFEST}"))
-    with pytest.raises(UserError):  # and the dataset is never served from a cache of damaged files
-        registry.create_dataset("tiles", root=str(root), **kwargs)
+    refused_leaving_no_complete_cache(tiles.prepare, root, kwargs, texts, while_reading, tmp_path / "cache", "tiles")
 
 
 @pytest.mark.parametrize("options, text", [
@@ -354,26 +346,9 @@ def test_bad_options_are_one_line(options, text, index_png, tmp_path):
 
 
 def write_grid(path: Path, dataset: str) -> Path:
-    path.write_text(f"""
-description = "tiles end to end"
-
-[dataset]
-name = "tiles"
+    path.write_text(dataset_grid("tiles end to end", f"""name = "tiles"
 classes = {json.dumps(CLASSES)}
-{dataset}
-
-[axes]
-archs = [{{ name = "unet", base_channels = 4, depth = 3 }}]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.2]
-seeds = [0]
-
-[recipe]
-epochs = 1
-batch_size = 4
-lr = 0.003
-""", encoding="utf-8")
+{dataset}"""), encoding="utf-8")
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from grids import dataset_grid
 
 import registry
 from bench.cli import main
@@ -272,28 +273,11 @@ def test_another_nongeo_dataset_by_name(monkeypatch, tmp_path):
 
 
 def write_grid(path: Path, root: Path, cache: Path) -> Path:
-    path.write_text(f"""
-description = "torchgeo LoveDA end to end"
-
-[dataset]
-name = "torchgeo-LoveDA"
+    path.write_text(dataset_grid("torchgeo LoveDA end to end", f"""name = "torchgeo-LoveDA"
 root = "{root}"
 cache_dir = "{cache}"
 tile_size = 64
-scene = ["urban", "rural"]
-
-[axes]
-archs = [{{ name = "unet", base_channels = 4, depth = 3 }}]
-losses = ["partial_ce"]
-maskers = ["random_pixels"]
-fractions = [0.2]
-seeds = [0]
-
-[recipe]
-epochs = 1
-batch_size = 4
-lr = 0.003
-""", encoding="utf-8")
+scene = ["urban", "rural"]"""), encoding="utf-8")
     return path
 
 

@@ -148,3 +148,24 @@ def wrapped(*args, **kwargs):
 setattr(owner, {name!r}, wrapped)
 """)
     return path
+
+
+def refused_leaving_no_complete_cache(prepare, root: Path, kwargs: dict, texts: list[str], while_reading: bool,
+                                      cache: Path, dataset: str) -> None:
+    """``prepare(root, **kwargs)`` of damaged files raises one line holding each of ``texts``; when the damage is
+    only found while reading pixels (``while_reading``), no cache under ``cache`` still claims to be complete; and
+    the dataset is never served from a cache of the damaged files."""
+    import registry
+    from registry.datasets.tile_cache import MANIFEST
+    from registry.errors import UserError
+
+    with pytest.raises(UserError) as caught:
+        prepare(root, **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    for text in texts:
+        assert text in message, message
+    if while_reading:  # the cache was being rewritten: its completeness mark is gone
+        assert not list(cache.glob(f"*/{MANIFEST}"))
+    with pytest.raises(UserError):
+        registry.create_dataset(dataset, root=str(root), **kwargs)
