@@ -502,7 +502,15 @@ def command_predict(args: argparse.Namespace, console: Console) -> int:
     """bench.predict's maps of the INPUT scenes in --output, a progress bar over their windows, then each scene's
     area table (and, with --labels, the scene-level scores) on screen."""
     from bench.predict import check_overlap, find_scenes, inspect_scene
-    from bench.predict_outputs import Options, all_scores, area_listing, predict_scenes, scores_listing, write_scores
+    from bench.predict_outputs import (
+        Options,
+        all_scores,
+        area_listing,
+        predict_scenes,
+        scores_listing,
+        stored_scene_scores,
+        write_scores,
+    )
 
     grid = load_grid(args.grid, overrides=args.overrides, data_root=args.data_root)
     device = resolve_device(args.device)
@@ -524,6 +532,12 @@ def command_predict(args: argparse.Namespace, console: Console) -> int:
         show(console, scores_listing(figures, predictor))
         for path in write_scores(figures, args.output, predictor.class_names):
             console.print(f"written {path}", highlight=False)
+        if "cell_id" in predictor.figures:  # a cell of the store: its scene scores go beside its figures
+            out = OutputFolder(args.out)
+            with out.held() as store:
+                store.record_scene_scores(predictor.figures["cell_id"],
+                                          stored_scene_scores(figures, args.labels, options))
+                write_leaderboard_of(store, out.leaderboard, console)
     return 0
 
 

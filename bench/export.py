@@ -36,7 +36,13 @@ def cell_record(row: CellRow) -> dict[str, object]:
     }
     class_names = metrics.get("class_names", [])
     for key, value in metrics.items():
-        if not isinstance(value, list):
+        if isinstance(value, dict):  # the scene-level scores (bench predict --labels): their scalars, IoU per class
+            for name, item in value.items():
+                if isinstance(item, dict):
+                    record.update({f"{key}_{name}_{k}": v for k, v in item.items()})
+                elif not isinstance(item, list):
+                    record[f"{key}_{name}"] = item
+        elif not isinstance(value, list):
             record[key] = value
         elif key != "class_names" and len(value) == len(class_names) and not any(isinstance(v, list) for v in value):
             record.update({f"{key}_{name}": v for name, v in zip(class_names, value)})

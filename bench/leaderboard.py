@@ -107,6 +107,11 @@ def has_test(rows: list[CellRow]) -> bool:
     return any(r.metrics.get("test_miou") is not None for r in rows)
 
 
+def has_scene_scores(rows: list[CellRow]) -> bool:
+    """Whether any cell of a table was scored over whole scenes (``bench predict --labels``)."""
+    return any(r.metrics.get("scene") is not None for r in rows)
+
+
 def _full_label_key(row: CellRow, base_loss: bool = False) -> str:
     """What a cell shares with its full-label counterpart: everything but the seed, the masker and the fraction (and,
     with ``base_loss``, the loss's regularisers and label)."""
@@ -203,7 +208,7 @@ def _table(rows: list[CellRow]) -> str:
     def best_mean(group: list[CellRow]) -> float:
         return statistics.mean(r.metrics["best_miou"] for r in group if r.metrics["best_miou"] is not None)
 
-    test = has_test(rows)
+    test, scene = has_test(rows), has_scene_scores(rows)
     lines = []
     for rank, group in enumerate(sorted(groups.values(), key=best_mean, reverse=True), start=1):
         first = group[0].config
@@ -223,6 +228,7 @@ def _table(rows: list[CellRow]) -> str:
             mean_std([x["final_accuracy"] for x in scores]),
             *([mean_std([x.get("test_miou") for x in scores]), mean_std([x.get("test_per_batch_miou") for x in scores])]
               if test else []),
+            *([mean_std([(x.get("scene") or {}).get("miou") for x in scores])] if scene else []),
             *[mean_std([x["final_iou"][i] for x in scores], 2) for i in range(len(class_names))],
             f"{statistics.mean(x['epoch_seconds'] for x in scores):.1f}",
             f"{statistics.mean(x['train_images_per_second'] for x in scores):.0f}",
@@ -233,6 +239,7 @@ def _table(rows: list[CellRow]) -> str:
                *(["% of full-label mIoU"] if with_full else []), "final mIoU",
                "best per-batch mIoU (ref-style)", "final per-batch mIoU (ref-style)", "pixel acc.",
                *(["test mIoU", "test per-batch mIoU (ref-style)"] if test else []),
+               *(["scene mIoU"] if scene else []),
                *[f"IoU {name}" for name in class_names],
                "s / epoch", "train img/s", "epochs", "device"]
     return markdown_table(lines, headers)
@@ -244,6 +251,15 @@ def _test_note(rows: list[CellRow]) -> str:
     tiles = sorted({r.metrics["test_tiles"] for r in rows if r.metrics.get("test_tiles") is not None})
     return (f" Test figures: the weights of each cell's best validation epoch, scored once on the test split "
             f"({' / '.join(map(str, tiles))} tiles).")
+
+
+def _scene_note(rows: list[CellRow]) -> str:
+    if not has_scene_scores(rows):
+        return ""
+    scored = [r.metrics["scene"] for r in rows if r.metrics.get("scene") is not None]
+    scenes = sorted({len(s["scenes"]) for s in scored})
+    return (f" Scene mIoU: the best weights predicting whole scenes (`bench predict --labels`), one confusion matrix "
+            f"over {' / '.join(map(str, scenes))} scene(s), edges included; a dash where a cell has none.")
 
 
 def _component_arguments(rows: list[CellRow]) -> list[str]:
@@ -298,7 +314,7 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
                 f"augment {', '.join(recipe['augment']) or 'none'}"
                 f". Run {dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}, code "
                 f"{', '.join(sorted({r.provenance['code_revision'] for r in table_rows}))}."
-                f"{_test_note(table_rows)}"
+                f"{_test_note(table_rows)}{_scene_note(table_rows)}"
             ),
             "",
             *_component_arguments(table_rows),

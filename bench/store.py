@@ -242,6 +242,16 @@ class ResultStore:
         self._update(cell_id, "status = 'done', history = ?, metrics = ?, finished_at = ?",
                      _json(history), _json(metrics), _now())
 
+    def record_scene_scores(self, cell_id: str, scene: dict) -> None:
+        """Keep a finished cell's scores over whole scenes (``bench predict --labels``) in its metrics, under
+        ``"scene"``: the latest scoring replaces an earlier one; the cell's own figures are left as they are."""
+        row = self.get(cell_id)
+        if row is None or row.status != "done":
+            raise UserError(f"cell {cell_id} is not a finished cell of {self.path}: its scene scores are not stored")
+        with self._reporting(), self._db:
+            self._db.execute("UPDATE cells SET metrics = ?, updated_at = ? WHERE cell_id = ? AND status = 'done'",
+                             (_json({**row.metrics, "scene": scene}), _now(), cell_id))
+
     def fail(self, cell_id: str, error: str) -> None:
         self._update(cell_id, "status = 'failed', error = ?", error)
 

@@ -120,7 +120,9 @@ def annotated_parameters():
         for name in reg.list():
             builder = reg.entry(name).builder
             hints = annotations_of(builder)
-            for parameter in inspect.signature(builder).parameters:
+            for parameter, described in inspect.signature(builder).parameters.items():
+                if described.kind is inspect.Parameter.VAR_KEYWORD:  # torchgeo's own arguments, passed through
+                    continue
                 if (parameter not in ("num_classes", "in_chans", "weight") and parameter in hints
                         and not takes_a_table(hints[parameter])):
                     found.append(pytest.param(reg, name, parameter, id=f"{name}.{parameter}"))

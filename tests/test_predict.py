@@ -284,6 +284,35 @@ def test_scene_scores_are_those_of_a_confusion_matrix_of_the_maps(trained, scene
     assert float(rows[-1]["miou"]) == pytest.approx(figures["all"]["miou"], abs=1e-6)
 
 
+def test_a_cells_scene_scores_are_stored_and_shown_in_the_leaderboard(trained, scenes, tmp_path, capsys):
+    """With a cell of the store, the scores over all the scenes go beside its figures: in the store, as the
+    leaderboard's "scene mIoU" column, and in bench export's CSV."""
+    import shutil
+
+    grid, runs = trained
+    out = shutil.copytree(runs, tmp_path / "runs")  # the module's store stays as it was for the other tests
+    root, _ = scenes
+    code, _, err = predict(capsys, grid, str(root / "images"), "--out", str(out), "--output", str(tmp_path / "maps"),
+                           "--labels", str(root / "labels" / "{stem}.tif"))
+    assert code == 0, err
+    every = json.loads((tmp_path / "maps" / "scores.json").read_text())["all"]
+    from bench.store import ResultStore
+    with ResultStore(out / "results.sqlite", readonly=True) as store:
+        (row,) = store.rows()
+    assert row.metrics["scene"]["miou"] == pytest.approx(every["miou"])
+    assert len(row.metrics["scene"]["scenes"]) == 3 and row.metrics["best_miou"] is not None  # its own figures kept
+    board = (out / "leaderboard.md").read_text()
+    header = next(line for line in board.splitlines() if "scene mIoU" in line)
+    value = board.splitlines()[board.splitlines().index(header) + 2]
+    column = [c.strip() for c in header.split("|")].index("scene mIoU")
+    assert value.split("|")[column].strip() == f"{every['miou']:.3f}"
+    code, text, err = run_main(capsys, "export", "--out", str(out))
+    assert code == 0, err
+    exported = list(csv.DictReader(text.splitlines()))
+    assert float(exported[0]["scene_miou"]) == pytest.approx(every["miou"])
+    assert "scene_iou_road" in exported[0]
+
+
 class Counting:
     """A function wrapped to count its calls."""
 
