@@ -11,13 +11,15 @@ source pixels, overlapping, the border padded by reflection), each read with ras
 side when the scale is not 1 (as the dataset's tiles were), normalised and predicted on the device in batches
 (optionally averaged over the flips and quarter turns, ``tta``); the softmax probabilities are resized back to the
 source grid, blended, and handed over a band of rows at a time to :mod:`bench.predict_outputs`, which writes them.
-Reading runs one batch ahead in a thread, so that the disk and the device work at once.
+Reading runs one batch ahead in a thread, so that the disk and the device work at once. Only the model runs on
+torch's intra-op threads; everything else torch does for a scene runs on one (:func:`intra_op_threads`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ class Predictor:
     precision: Precision
     batch_size: int
     figures: dict[str, Any] = field(default_factory=dict)  # the cell's tile-level figures (best mIoU...), if any
+    threads: int = field(default_factory=torch.get_num_threads)  # torch's intra-op threads for the model
 
     @property
     def window(self) -> int:
@@ -247,6 +250,23 @@ def inspect_scene(path: Path, predictor: Predictor, labels: str | None = None) -
 # -- predicting ------------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` inside, put back after.
+
+    A scene's torch work besides the model (normalising, softmax, blending, the class map) is element-wise passes over
+    a few MB each, too short to gain from more threads; and each of those passes waits for every thread to finish its
+    share, so that on a machine where another process runs it waits for a time slice: 8 windows' blending took 2 ms
+    on one thread and 190 ms on two, with a test suite running beside it. So a scene is predicted under
+    ``intra_op_threads(1)`` and the model alone on :attr:`Predictor.threads`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def read_band(source, y: int, layout: Layout, bands: list[int]) -> np.ndarray:
     """The scene rows ``y .. y + window`` and every column of the padded scene, reflected where they lie outside it,
     as ``[window, padded width, bands]``: one read for a whole row of windows."""
@@ -258,7 +278,7 @@ def read_band(source, y: int, layout: Layout, bands: list[int]) -> np.ndarray:
     top, left = int(rows.min()), int(cols.min())
     window = Window(left, top, int(cols.max()) + 1 - left, int(rows.max()) + 1 - top)
     pixels = source.read(bands, window=window)  # [bands, h, w]
-    return np.moveaxis(pixels[:, rows - top][:, :, cols - left], 0, -1)
+    return np.moveaxis(pixels.take(rows - top, axis=1).take(cols - left, axis=2), 0, -1)  # take: 3x fancy indexing
 
 
 def window_batches(source, layout: Layout, predictor: Predictor) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
@@ -300,14 +320,15 @@ def probabilities(predictor: Predictor, tiles: np.ndarray, tta: bool = False) ->
     tile, bands]`` of the training dtype; with ``tta``, averaged over the eight flips and quarter turns."""
     batch = torch.from_numpy(tiles).to(predictor.device, non_blocking=True)
     images = predictor.normalize.scale(batch.permute(0, 3, 1, 2).float(), batch.dtype)
+    transforms = TTA_TRANSFORMS if tta else 1
     total = None
-    for index in range(TTA_TRANSFORMS if tta else 1):
-        with predictor.precision.autocast():
+    for index in range(transforms):
+        with predictor.precision.autocast(), intra_op_threads(predictor.threads):
             logits = predictor.model(dihedral(images, index).contiguous(memory_format=torch.channels_last))
         # float32: the blend sums many windows' probabilities
         probs = undo_dihedral(torch.softmax(logits.float(), dim=1), index)
-        total = probs if total is None else total + probs
-    return total / (TTA_TRANSFORMS if tta else 1)
+        total = probs if total is None else total.add_(probs)  # the first softmax's own tensor: summed into in place
+    return total if transforms == 1 else total.div_(transforms)
 
 
 def to_source_grid(probs: torch.Tensor, window: int) -> torch.Tensor:
@@ -327,7 +348,8 @@ def layout_of(scene: Scene, predictor: Predictor, overlap: int | None) -> Layout
 def blended_rows(predictor: Predictor, scene: Scene, layout: Layout, tta: bool = False,
                  done: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """The scene's blended probabilities, a band of rows at a time, top to bottom: ``(first row, [C, rows,
-    width])`` on the device; ``done(windows)`` after each batch. Call it under ``torch.inference_mode()``."""
+    width])`` on the device; ``done(windows)`` after each batch. Call it under ``torch.inference_mode()`` and
+    ``intra_op_threads(1)``."""
     band = RowBand(layout, predictor.num_classes, predictor.device)
     with opened(scene.path, "raster") as source:
         for positions, tiles in ahead(window_batches(source, layout, predictor), scene.path):

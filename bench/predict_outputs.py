@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from bench.metrics import scores
-from bench.predict import Predictor, Scene, blended_rows, layout_of
+from bench.predict import Predictor, Scene, blended_rows, intra_op_threads, layout_of
 from bench.show import class_colours
 from bench.tables import Listing
 from registry.datasets.rasters import opened, reading
@@ -244,7 +244,7 @@ def predict_scene(predictor: Predictor, scene: Scene, folder: Path, options: Opt
     writer = SceneWriter(scene, folder, predictor, options)
     try:
         writer.open()
-        with torch.inference_mode():
+        with torch.inference_mode(), intra_op_threads(1):
             for row, probs in blended_rows(predictor, scene, layout, options.tta, done):
                 writer.write(row, probs)
         result = SceneResult(scene, predictor.class_names, writer.pixels, pixel_area_m2(scene), writer.confusion,
@@ -281,6 +281,15 @@ def all_scores(results: list[SceneResult], predictor: Predictor) -> dict:
     return {"model": predictor.label, "tile_level": tile_level,
             "scenes": {str(r.scene.path): scene_scores(r.confusion, predictor.class_names) for r in scored},
             "all": scene_scores(total, predictor.class_names)}
+
+
+def stored_scene_scores(figures: dict, labels: str, options: Options) -> dict:
+    """What the results store keeps of a cell's scene-level scores (``all_scores``): those over all the scenes, the
+    scenes and the labels they were scored against, and how they were predicted."""
+    every = figures["all"]
+    return {"miou": every["miou"], "accuracy": every["accuracy"], "iou": every["iou"], "pixels": every["pixels"],
+            "scenes": sorted(figures["scenes"]), "labels": labels, "overlap": options.overlap, "tta": options.tta,
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def write_scores(figures: dict, folder: Path, class_names: tuple[str, ...]) -> list[Path]:

@@ -140,12 +140,15 @@ class RowBand:
 
 def dihedral(images: torch.Tensor, index: int) -> torch.Tensor:
     """The ``index``-th (0..7) of the flips and quarter turns of ``[N, C, H, W]`` square images: ``index % 4``
-    quarter turns, after a horizontal flip for ``index >= 4``; 0 is the identity."""
+    quarter turns, after a horizontal flip for ``index >= 4``; 0 is the identity, ``images`` themselves (``rot90``
+    by 0 would copy them, to the contiguous layout: two passes over a batch, out of the models' channels-last and
+    back)."""
     flipped = images.flip(-1) if index >= 4 else images
-    return torch.rot90(flipped, index % 4, dims=(-2, -1))
+    return torch.rot90(flipped, index % 4, dims=(-2, -1)) if index % 4 else flipped
 
 
 def undo_dihedral(images: torch.Tensor, index: int) -> torch.Tensor:
-    """The inverse of :func:`dihedral`: a prediction of the transformed images brought back onto the original."""
-    turned = torch.rot90(images, -(index % 4), dims=(-2, -1))
+    """The inverse of :func:`dihedral`: a prediction of the transformed images brought back onto the original (for
+    0, ``images`` themselves)."""
+    turned = torch.rot90(images, -(index % 4), dims=(-2, -1)) if index % 4 else images
     return turned.flip(-1) if index >= 4 else turned
