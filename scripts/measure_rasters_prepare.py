@@ -1,26 +1,33 @@
 """Measure preparing the dataset ``rasters`` on a full-size scene: peak memory, and time against rasterio reading
-the same windows alone.
+the same windows alone, beside the time this disk needs to make a file of the cache's size durable.
 
 Writes a HEIGHT x WIDTH four-band uint16 GeoTIFF scene (tests/raster_layout.py; LZW, stripped) and a small second
-scene for the validation split under a temporary folder, then, each in a fresh process, twice (the second run with
-the files in the page cache is the one reported):
+scene for the validation split under a temporary folder, reads both once so that they are in the page cache, then
+runs, ``--runs`` times and interleaved so that the machine's drift from minute to minute falls on all alike, each in a
+fresh process:
 
 - ``read``: rasterio reads the windows the preparation reads (one row of 512-pixel tiles, all bands, and the label
   band), under the same GDAL settings, and does nothing else;
-- ``prepare``: ``registry.datasets.rasters.prepare`` builds the cache from nothing.
+- ``prepare``: ``registry.datasets.rasters.prepare`` builds the cache from nothing;
+- ``disk``: writes as many bytes as the cache holds to one file under the same folder, in 8 MiB pieces, and fsyncs
+  it: the time a durable cache of that size needs on this disk, whatever produces it.
 
-Peak memory is each process's maximum resident set size (``getrusage``), beside the same process's size once its
-imports are done. Everything written is deleted at the end.
+It reports each one's fastest and median run, and the ratios of the fastest: ``prepare / read`` (the target) and
+``disk / read``, the ratio below which no preparation that leaves its cache on the disk can go. Peak memory is each
+process's maximum resident set size (``getrusage``), beside the same process's size once its imports are done.
+Everything written is deleted at the end.
 
-    .venv/bin/python scripts/measure_rasters_prepare.py [--size 9500] [--tmp /tmp]
+    .venv/bin/python scripts/measure_rasters_prepare.py [--size 9500] [--runs 5] [--tmp /tmp]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,39 +35,58 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+MODES = ("read", "prepare", "disk")
 
 CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 from pathlib import Path
 sys.path[:0] = [{repo!r}, {tests!r}]
 from raster_layout import read_windows
 from registry.datasets import rasters
-mode, root, cache = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+mode, root, cache, size = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 started = time.perf_counter()
 if mode == "read":
     read_windows([(root / "images" / f"{{name}}.tif", root / "labels" / f"{{name}}.tif")
                   for name in ("scene-0", "scene-1")], 512)
-else:
+elif mode == "prepare":
     rasters.prepare(root, classes=["background", "building", "woodland", "water", "road"], tile_size=512,
                     split={{"train": "train.txt", "val": "val.txt"}}, cache_dir=cache)
+else:
+    cache.mkdir()
+    piece = os.urandom(8 << 20)
+    with open(cache / "durable.bin", "wb", buffering=0) as f:
+        for _ in range(size // len(piece) + 1):
+            f.write(piece)
+        os.fsync(f.fileno())
 seconds = time.perf_counter() - started
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({{"seconds": seconds, "peak_mb": peak, "after_imports_mb": imported}}))
 """
 
 
-def run(mode: str, root: Path, cache: Path) -> dict:
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def run(mode: str, root: Path, cache: Path, cache_bytes: int) -> dict:
+    """One mode in a fresh process; ``cache_bytes`` is the size the disk mode writes. Returns the child's figures
+    and, after a prepare, the size of the cache it built."""
     shutil.rmtree(cache, ignore_errors=True)
     code = CHILD.format(repo=str(REPO), tests=str(REPO / "tests"))
-    done = subprocess.run([sys.executable, "-c", code, mode, str(root), str(cache)], check=True,
+    done = subprocess.run([sys.executable, "-c", code, mode, str(root), str(cache), str(cache_bytes)], check=True,
                           capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if mode == "prepare":
+        result["cache_bytes"] = folder_bytes(cache)
+    shutil.rmtree(cache, ignore_errors=True)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=9500, help="the scene's side in pixels (default 9500)")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each mode, interleaved (default 5)")
     parser.add_argument("--tmp", type=Path, default=Path("/tmp"), help="where the scene and cache go")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
@@ -75,17 +101,25 @@ def main() -> None:
         (work / "val.txt").write_text("scene-1\n")
         written = time.perf_counter() - started
         image_mb = (work / "images" / "scene-0.tif").stat().st_size / 1e6
-        results = {}
-        for attempt in range(2):
-            for mode in ("read", "prepare"):
-                results[mode] = run(mode, work, work / "cache")
+        cache_bytes = run("prepare", work, work / "cache", 0)["cache_bytes"]  # also warms the page cache
+        results: dict[str, list[dict]] = {mode: [] for mode in MODES}
+        for _ in range(args.runs):
+            for mode in MODES:
+                results[mode].append(run(mode, work, work / "cache", cache_bytes))
         print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-              f"{len(__import__('os').sched_getaffinity(0))} CPUs; scene {args.size} x {args.size} x 4 uint16 "
-              f"({image_mb:.0f} MB LZW GeoTIFF, written in {written:.0f} s)")
-        for mode, result in results.items():
-            print(f"{mode:8s} {result['seconds']:6.2f} s   peak RSS {result['peak_mb']:6.0f} MB "
-                  f"(after imports {result['after_imports_mb']:.0f} MB)")
-        print(f"prepare / read = {results['prepare']['seconds'] / results['read']['seconds']:.2f}")
+              f"{len(os.sched_getaffinity(0))} CPUs; scene {args.size} x {args.size} x 4 uint16 "
+              f"({image_mb:.0f} MB LZW GeoTIFF, written in {written:.0f} s); cache {cache_bytes / 1e6:.0f} MB; "
+              f"{args.runs} runs of each")
+        fastest = {}
+        for mode, runs in results.items():
+            seconds = [result["seconds"] for result in runs]
+            fastest[mode] = min(seconds)
+            peak = max(result["peak_mb"] for result in runs)
+            imported = max(result["after_imports_mb"] for result in runs)
+            print(f"{mode:8s} fastest {min(seconds):6.2f} s, median {statistics.median(seconds):6.2f} s   "
+                  f"peak RSS {peak:6.0f} MB (after imports {imported:.0f} MB)")
+        print(f"prepare / read = {fastest['prepare'] / fastest['read']:.2f} (fastest runs); "
+              f"disk / read = {fastest['disk'] / fastest['read']:.2f} (the floor of a durable cache on this disk)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
