@@ -28,6 +28,7 @@ from bench.data import annotated_pixels, partial_masks
 from bench.identity import Cell, Grid
 from bench.provenance import provenance
 from bench.train import CellData, train_cell
+from bench.whole_scenes import WholeTestScenes
 from registry.errors import where_raised
 from registry.locks import writers_lock
 
@@ -90,7 +91,7 @@ class GridData:
             test_images, test_masks = self.dataset.split("test")
         return CellData(train_images, self._masks, val_images, val_masks, self.dataset.num_classes,
                         tuple(self.dataset.mean), tuple(self.dataset.std), test_images, test_masks,
-                        self._train_annotated)
+                        self._train_annotated, WholeTestScenes.of(self.dataset))
 
 
 @dataclass(frozen=True)

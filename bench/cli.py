@@ -508,9 +508,9 @@ def command_predict(args: argparse.Namespace, console: Console) -> int:
         area_listing,
         predict_scenes,
         scores_listing,
-        stored_scene_scores,
         write_scores,
     )
+    from bench.scene_scores import stored_scene_scores
 
     grid = load_grid(args.grid, overrides=args.overrides, data_root=args.data_root)
     device = resolve_device(args.device)
@@ -536,7 +536,8 @@ def command_predict(args: argparse.Namespace, console: Console) -> int:
             out = OutputFolder(args.out)
             with out.held() as store:
                 store.record_scene_scores(predictor.figures["cell_id"],
-                                          stored_scene_scores(figures, args.labels, options))
+                                          stored_scene_scores(figures, args.labels, options.overlap,
+                                                              options.tta))
                 write_leaderboard_of(store, out.leaderboard, console)
     return 0
 
@@ -544,7 +545,7 @@ def command_predict(args: argparse.Namespace, console: Console) -> int:
 def chosen_predictor(args: argparse.Namespace, grid, device):
     """The weights the options name, on the device: --arch and --weights, or a finished cell of the grid's store."""
     from bench.perf import parse_arch_spec
-    from bench.predict import cell_predictor, choose_cell, weights_predictor
+    from bench.predict_model import cell_predictor, choose_cell, weights_predictor
 
     if args.weights is not None:
         if args.arch is None:

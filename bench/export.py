@@ -36,7 +36,7 @@ def cell_record(row: CellRow) -> dict[str, object]:
     }
     class_names = metrics.get("class_names", [])
     for key, value in metrics.items():
-        if isinstance(value, dict):  # the scene-level scores (bench predict --labels): their scalars, IoU per class
+        if isinstance(value, dict):  # the scene-level scores (test scenes, bench predict): scalars, IoU per class
             for name, item in value.items():
                 if isinstance(item, dict):
                     record.update({f"{key}_{name}_{k}": v for k, v in item.items()})

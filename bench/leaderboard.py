@@ -108,7 +108,8 @@ def has_test(rows: list[CellRow]) -> bool:
 
 
 def has_scene_scores(rows: list[CellRow]) -> bool:
-    """Whether any cell of a table was scored over whole scenes (``bench predict --labels``)."""
+    """Whether any cell of a table was scored over whole scenes (its dataset's test scenes, or ``bench predict
+    --labels``)."""
     return any(r.metrics.get("scene") is not None for r in rows)
 
 
@@ -258,8 +259,9 @@ def _scene_note(rows: list[CellRow]) -> str:
         return ""
     scored = [r.metrics["scene"] for r in rows if r.metrics.get("scene") is not None]
     scenes = sorted({len(s["scenes"]) for s in scored})
-    return (f" Scene mIoU: the best weights predicting whole scenes (`bench predict --labels`), one confusion matrix "
-            f"over {' / '.join(map(str, scenes))} scene(s), edges included; a dash where a cell has none.")
+    return (f" Scene mIoU: the best weights mapping whole scenes (the dataset's test scenes, after training, or those "
+            f"`bench predict --labels` scored last), one confusion matrix over {' / '.join(map(str, scenes))} "
+            "scene(s), edges included; a dash where a cell has none.")
 
 
 def _component_arguments(rows: list[CellRow]) -> list[str]:

@@ -1,10 +1,10 @@
 """``bench predict``: a model's class map of whole scenes of any size, as georeferenced rasters.
 
-The model is a finished cell's ``best.pt`` (``--cell ID``, or the best finished cell of the grid, optionally of one
-masker or architecture) or weights trained elsewhere (``--arch``, ``--weights``, as ``bench evaluate`` reads them);
-the grid gives the dataset's normalisation (its mean and std), bands (``bands``, raster band numbers from 1; all when
-it has none), scale (``scale``, source pixels to stored ones: LandCover.ai's 512 -> 384 is 0.75; 1 when it has
-none), class names and tile side, and its recipe the evaluation batch and the precision.
+The model is a finished cell's ``best.pt`` or weights trained elsewhere (:mod:`bench.predict_model`), or a cell's best
+weights mapping its dataset's test scenes (:mod:`bench.whole_scenes`); with it come the dataset's normalisation (its
+mean and std), bands (``bands``, raster band numbers from 1; all when it has none), scale (``scale``, source pixels to
+stored ones: LandCover.ai's 512 -> 384 is 0.75; 1 when it has none), class names and tile side, and the recipe's
+evaluation batch and precision (:class:`Predictor`).
 
 A scene is cut into windows of the tile side at the training resolution (:mod:`bench.windows`: ``tile / scale``
 source pixels, overlapping, the border padded by reflection), each read with rasterio, resized by area to the tile
@@ -28,16 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.cell_job import grid_data
-from bench.checkpoints import BEST, DamagedCheckpoint, read
-from bench.checks import build_checked
 from bench.data import Normalizer
-from bench.device import Precision, choose_precision
-from bench.identity import Cell, Component, Grid
-from bench.models import build_model
-from bench.scoring import eval_batch_size
-from bench.store import CellRow, ResultStore
-from bench.weights import load_into, read_state_dict
+from bench.device import Precision
 from bench.windows import Layout, RowBand, dihedral, reflect, undo_dihedral
 from registry.datasets.rasters import GDAL_CACHE_MB, opened, reading
 from registry.datasets.tile_cache import resize_area
@@ -66,6 +58,8 @@ class Predictor:
     batch_size: int
     figures: dict[str, Any] = field(default_factory=dict)  # the cell's tile-level figures (best mIoU...), if any
     threads: int = field(default_factory=torch.get_num_threads)  # torch's intra-op threads for the model
+    # the dataset's scene(image, labels) (registry's DATASET_CONTRACT): its label rasters' coding; None: class indices
+    scene_labels: Callable[[Path, Path], Any] | None = None
 
     @property
     def window(self) -> int:
@@ -75,97 +69,6 @@ class Predictor:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-# -- the model -------------------------------------------------------------------------------------------------------
-
-
-def grid_dataset(grid: Grid):
-    """The grid's dataset and its tiles' ``(side, channels, dtype)``."""
-    dataset = build_checked(lambda: grid_data(grid).dataset, "dataset", grid.dataset, grid.dataset_place)
-    images, _ = dataset.split("val")
-    return dataset, (images.shape[1], images.shape[-1], images.dtype)
-
-
-def make_predictor(grid: Grid, arch: Component, state: dict[str, torch.Tensor], where: str, label: str,
-                   device: torch.device, batch_size: int | None, figures: dict[str, Any] | None = None) -> Predictor:
-    """``arch`` built for the grid's dataset on ``device`` as training sets it up, ``state`` loaded (a UserError
-    starting with ``where`` when it does not fit)."""
-    dataset, (tile, channels, dtype) = grid_dataset(grid)
-    model = build_checked(lambda: build_model(arch, dataset.num_classes, channels, device).module, "architecture",
-                          arch, f"--arch {arch.label}")
-    if tile % model.size_divisor:
-        raise UserError(f"--arch {arch.label}: needs window sides divisible by {model.size_divisor}, but "
-                        f"{grid.dataset.name!r} tiles are {tile}x{tile}")
-    load_into(model, state, dataset.num_classes, where, arch.label)
-    model.eval()
-    recipe = grid.cells[0].recipe  # the grid's one recipe: every cell has it
-    scale = float(getattr(dataset, "scale", 1.0))
-    bands = getattr(dataset, "bands", None)
-    return Predictor(model, label, tuple(dataset.class_names), Normalizer(dataset.mean, dataset.std, device), tile,
-                     scale, None if bands is None else tuple(int(b) for b in bands), channels, np.dtype(dtype), device,
-                     choose_precision(device, recipe["amp"]), batch_size or eval_batch_size(recipe), figures or {})
-
-
-def weights_predictor(grid: Grid, arch: Component, weights: Path, device: torch.device,
-                      batch_size: int | None) -> Predictor:
-    """Weights trained elsewhere (``--arch``, ``--weights``), read as ``bench evaluate`` reads them."""
-    state = read_state_dict(weights)
-    return make_predictor(grid, arch, state, f"--weights {weights}", f"{arch.label} · {weights.name}", device,
-                          batch_size)
-
-
-def cell_predictor(grid: Grid, cell: Cell, row: CellRow, checkpoint: Path, device: torch.device,
-                   batch_size: int | None) -> Predictor:
-    """A finished cell's ``best.pt``."""
-    try:
-        state = read(checkpoint)["model"]
-    except DamagedCheckpoint as err:
-        raise UserError(f"cell {row.cell_id}: {err}") from None
-    figures = {key: row.metrics[key] for key in ("best_miou", "best_iou", "test_miou") if key in row.metrics}
-    return make_predictor(grid, cell.arch, state, f"cell {row.cell_id} ({checkpoint})", cell.label, device,
-                          batch_size, {"cell_id": row.cell_id, **figures})
-
-
-def choose_cell(grid: Grid, store: ResultStore, checkpoints: Path, cell_id: str | None, masker: str | None = None,
-                arch: str | None = None) -> tuple[Cell, CellRow, Path]:
-    """The cell ``cell_id`` (its id or a prefix of it that one cell of the grid has) or, without it, the best
-    finished cell (by best validation mIoU) of the grid whose masker and architecture are those named, if named (by
-    name or label); with its row and its ``best.pt``. What is not there is a UserError."""
-    cells = grid.cells_by_id()
-    if cell_id is not None:
-        matches = list({cells[key].cell_id: cells[key] for key in cells if cell_id and key.startswith(cell_id)}
-                       .values())
-        if len(matches) != 1:
-            why = "no cell of grid" if not matches else f"{len(matches)} cells of grid"
-            raise UserError(f"--cell {cell_id}: {why} {grid.name} have this id (`bench run --grid {grid.path} "
-                            "--dry-run` lists them)")
-        (cell,) = matches
-        row = store.find(cell)
-        if row is None or row.status != "done":
-            state = "has not run" if row is None else f"is {row.status}, not finished"
-            raise UserError(f"--cell {cell_id}: cell {cell.label} {state}; `bench run --grid {grid.path}` trains it")
-        return cell, row, _whole_best(checkpoints, row, f"--cell {cell_id}")
-    rows = [(cells[row.cell_id], row) for row in store.rows("done") if row.cell_id in cells]
-    chosen = [(cell, row) for cell, row in rows if _named(cell.masker, masker) and _named(cell.arch, arch)]
-    wanted = " and ".join(f"{what} {name}" for what, name in (("masker", masker), ("architecture", arch)) if name)
-    if not chosen:
-        raise UserError(f"no finished cell of grid {grid.name}{f' with {wanted}' if wanted else ''} in "
-                        f"{store.path}; `bench run --grid {grid.path}` trains them")
-    cell, row = max(chosen, key=lambda pair: pair[1].metrics["best_miou"])
-    return cell, row, _whole_best(checkpoints, row, "--best")
-
-
-def _named(component: Component, name: str | None) -> bool:
-    return name is None or name in (component.name, component.label)
-
-
-def _whole_best(checkpoints: Path, row: CellRow, option: str) -> Path:
-    path = checkpoints / row.cell_id / BEST
-    if not path.exists():
-        raise UserError(f"{option}: cell {row.label} is finished but its weights are not in {checkpoints} (no "
-                        f"{row.cell_id}/{BEST}); pass the --out it ran with")
-    return path
 
 
 # -- the scenes ------------------------------------------------------------------------------------------------------
@@ -183,6 +86,9 @@ class Scene:
     crs: Any
     transform: Any
     labels: Path | None = None
+    # how the label raster's values become classes: a dataset test scene's read_classes (registry's DATASET_CONTRACT);
+    # None: values are class indices (bench.predict_outputs.SceneConfusion)
+    read_classes: Callable[[Any, Any], np.ndarray] | None = None
 
     @property
     def stem(self) -> str:
@@ -244,7 +150,8 @@ def inspect_scene(path: Path, predictor: Predictor, labels: str | None = None) -
         if (source.height, source.width) != (scene.height, scene.width):
             raise UserError(f"{truth}: is {source.height}x{source.width} pixels; its scene {path} is "
                             f"{scene.height}x{scene.width}")
-    return Scene(**{**scene.__dict__, "labels": truth})
+    read_classes = None if predictor.scene_labels is None else predictor.scene_labels(path, truth).read_classes
+    return Scene(**{**scene.__dict__, "labels": truth, "read_classes": read_classes})
 
 
 # -- predicting ------------------------------------------------------------------------------------------------------

@@ -33,12 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.metrics import scores
 from bench.predict import Predictor, Scene, blended_rows, intra_op_threads, layout_of
+from bench.scene_scores import SceneConfusion, finite, scene_scores
 from bench.show import class_colours
 from bench.tables import Listing
-from registry.datasets.rasters import opened, reading
-from registry.errors import UserError
 from registry.files import write_atomically
 
 NAMES = {"classes": "{stem}_classes.tif", "confidence": "{stem}_confidence.tif", "quicklook": "{stem}_quicklook.png",
@@ -116,11 +114,10 @@ class SceneWriter:
         self.final = {kind: folder / name.format(stem=scene.stem) for kind, name in NAMES.items()
                       if kind != "confidence" or options.confidence}
         self.pixels = np.zeros(len(self.names), np.int64)
-        self.confusion = np.zeros((len(self.names),) * 2, np.int64) if scene.labels is not None else None
+        self.confusion = SceneConfusion(scene, self.names) if scene.labels is not None else None
         self.step = max(1, math.ceil(max(scene.height, scene.width) / QUICKLOOK_SIDE))
         self.quicklook: list[np.ndarray] = []
         self.files: dict[str, object] = {}
-        self.label_source = None
         self.tags = {"CLASS_NAMES": json.dumps(list(self.names)), "MODEL": predictor.label,
                      "SOFTWARE": "partialseg-bench (bench predict)"}
 
@@ -133,9 +130,8 @@ class SceneWriter:
                     target = rasterio.open(temporary(self.final[kind]), "w", **profile(self.scene))
                     self.files[kind] = target
                     self._describe(target, kind)
-        if self.scene.labels is not None:
-            self._labels = opened(self.scene.labels, "label raster")
-            self.label_source = self._labels.__enter__()
+        if self.confusion is not None:
+            self.confusion.open()
 
     def _describe(self, target, kind: str) -> None:
         if kind == "classes":
@@ -162,23 +158,7 @@ class SceneWriter:
         first = -row % self.step  # the first of these rows that the quicklook keeps
         self.quicklook.append(classes[first::self.step, ::self.step])
         if self.confusion is not None:
-            self._count(row, classes, window)
-
-    def _count(self, row: int, predicted: np.ndarray, window) -> None:
-        """Add the rows to the confusion matrix: labels that are negative or the label raster's nodata are not
-        annotated; any other value that is no class is refused."""
-        with reading(self.scene.labels, "label raster"):
-            truth = self.label_source.read(1, window=window).astype(np.int64)
-        nodata = self.label_source.nodata
-        annotated = (truth >= 0) & (truth != nodata if nodata is not None else True)
-        wrong = annotated & (truth >= len(self.names))
-        if wrong.any():
-            value = int(truth[wrong][0])
-            raise UserError(f"{self.scene.labels}: value {value} ({int(wrong.sum())} pixels in rows {row}.."
-                            f"{row + len(truth) - 1}) is no class: the classes are 0..{len(self.names) - 1} "
-                            f"({', '.join(self.names)}); nodata and negative values count as not annotated")
-        flat = truth[annotated] * len(self.names) + predicted[annotated]
-        self.confusion += np.bincount(flat, minlength=len(self.names) ** 2).reshape(self.confusion.shape)
+            self.confusion.add(row, classes)
 
     def commit(self, result: SceneResult) -> list[Path]:
         """Close the rasters, write the quicklook and the area table, and give every file its final name."""
@@ -202,9 +182,8 @@ class SceneWriter:
         for target in self.files.values():
             if not target.closed:
                 target.close()
-        if self.label_source is not None:
-            self._labels.__exit__(None, None, None)
-            self.label_source = None
+        if self.confusion is not None:
+            self.confusion.close()
 
     def _to_cog(self, path: Path, kind: str) -> None:
         """The tiled GeoTIFF at ``path`` rewritten as a cloud-optimised one, in its place."""
@@ -247,7 +226,8 @@ def predict_scene(predictor: Predictor, scene: Scene, folder: Path, options: Opt
         with torch.inference_mode(), intra_op_threads(1):
             for row, probs in blended_rows(predictor, scene, layout, options.tta, done):
                 writer.write(row, probs)
-        result = SceneResult(scene, predictor.class_names, writer.pixels, pixel_area_m2(scene), writer.confusion,
+        confusion = None if writer.confusion is None else writer.confusion.matrix
+        result = SceneResult(scene, predictor.class_names, writer.pixels, pixel_area_m2(scene), confusion,
                              windows=len(layout))
         result.files = writer.commit(result)
     except BaseException:
@@ -257,39 +237,16 @@ def predict_scene(predictor: Predictor, scene: Scene, folder: Path, options: Opt
     return result
 
 
-def scene_scores(confusion: np.ndarray, class_names: tuple[str, ...]) -> dict:
-    """mIoU, per-class IoU and pixel accuracy of a confusion matrix, and the matrix."""
-    figures = scores(torch.from_numpy(confusion))
-    return {"miou": _finite(figures.miou), "iou": {name: _finite(iou) for name, iou in zip(class_names, figures.iou,
-                                                                                            strict=True)},
-            "accuracy": _finite(figures.accuracy), "pixels": int(confusion.sum()),
-            "confusion_matrix": confusion.tolist()}
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no NaN: a class absent from truth and prediction has no IoU."""
-    return None if math.isnan(value) else value
-
-
 def all_scores(results: list[SceneResult], predictor: Predictor) -> dict:
     """Each scene's scores and those of all the scenes together (one confusion matrix), beside the cell's
     tile-level figures."""
     scored = [r for r in results if r.confusion is not None]
     total = sum(r.confusion for r in scored)
-    tile_level = {key: [_finite(v) for v in value] if isinstance(value, list) else
-                  _finite(value) if isinstance(value, float) else value for key, value in predictor.figures.items()}
+    tile_level = {key: [finite(v) for v in value] if isinstance(value, list) else
+                  finite(value) if isinstance(value, float) else value for key, value in predictor.figures.items()}
     return {"model": predictor.label, "tile_level": tile_level,
             "scenes": {str(r.scene.path): scene_scores(r.confusion, predictor.class_names) for r in scored},
             "all": scene_scores(total, predictor.class_names)}
-
-
-def stored_scene_scores(figures: dict, labels: str, options: Options) -> dict:
-    """What the results store keeps of a cell's scene-level scores (``all_scores``): those over all the scenes, the
-    scenes and the labels they were scored against, and how they were predicted."""
-    every = figures["all"]
-    return {"miou": every["miou"], "accuracy": every["accuracy"], "iou": every["iou"], "pixels": every["pixels"],
-            "scenes": sorted(figures["scenes"]), "labels": labels, "overlap": options.overlap, "tta": options.tta,
-            "date": time.strftime("%Y-%m-%d")}
 
 
 def write_scores(figures: dict, folder: Path, class_names: tuple[str, ...]) -> list[Path]:

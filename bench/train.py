@@ -33,6 +33,7 @@ from bench.models import build_model
 from bench.recipe import default_num_workers
 from bench.scoring import eval_batch_size, evaluate
 from bench.step import backward_and_step, build_optimizer, supervised_loss
+from bench.whole_scenes import WholeTestScenes
 from registry.errors import UserError
 
 
@@ -44,8 +45,8 @@ class TrainingDiverged(RuntimeError):
 class CellData:
     """Arrays for one cell: augmented training tiles with partial masks, fully labelled validation tiles (evaluated
     after every epoch) and, when the dataset has them, fully labelled test tiles (evaluated once, with the weights of
-    the best validation epoch). "Fully labelled": but for the pixels a dataset has not annotated (``-1``), which the
-    metrics leave out."""
+    the best validation epoch), and the test scenes to score whole with those weights too, when the dataset has them.
+    "Fully labelled": but for the pixels a dataset has not annotated (``-1``), which the metrics leave out."""
 
     train_images: np.ndarray  # [N, H, W, C]: uint8, uint16 or float32
     train_masks: np.ndarray  # int8 [N, H, W], -1 unlabelled
@@ -57,6 +58,7 @@ class CellData:
     test_images: np.ndarray | None = None  # [T, H, W, C], as train_images
     test_masks: np.ndarray | None = None  # as val_masks
     train_annotated: int | None = None  # annotated pixels of the full training masks; None: every pixel is
+    test_scenes: WholeTestScenes | None = None  # whole scenes scored with the best weights after the test split
 
     @property
     def has_test(self) -> bool:
@@ -222,6 +224,10 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         test_images, test_masks = eval_tiles(data.test_images, data.test_masks, data_path, device)
         metrics.update(evaluate_best_on_test(model, evaluated, best, (test_images, test_masks),
                                              data.num_classes, normalize, eval_batch, precision))
+    if data.test_scenes is not None and rank == 0:  # like the test split: again, after a stop here
+        model.load_state_dict(best["model"])
+        model.eval()
+        metrics["scene"] = data.test_scenes.score(evaluated, normalize, precision, eval_batch, data.train_images)
     metrics["peak_memory_mb"], metrics["peak_memory_kind"] = peak_memory_mb(device)
     return history, metrics
 

@@ -38,6 +38,21 @@ def test_contract_optional_scale_and_bands(dataset):
         assert len(bands) == dataset.in_chans and all(isinstance(b, int) and b >= 1 for b in bands)
 
 
+def test_contract_optional_test_scenes_read_as_classes_of_the_images_size(dataset):
+    """Whole scenes to score after training, when a dataset has them: two rasters of one size, whose labels read as
+    class indices or -1, window by window."""
+    import rasterio
+    from rasterio.windows import Window
+
+    for scene in getattr(dataset, "test_scenes", ()):
+        with rasterio.open(scene.image) as image, rasterio.open(scene.labels) as labels:
+            assert (image.height, image.width) == (labels.height, labels.width)
+            window = Window(0, 0, labels.width, min(labels.height, 17))
+            classes = scene.read_classes(labels, window)
+        assert classes.shape == (window.height, window.width) and np.issubdtype(classes.dtype, np.integer)
+        assert classes.min() >= -1 and classes.max() < dataset.num_classes
+
+
 def test_contract_splits_are_labelled_arrays_of_the_contract_dtypes(dataset):
     for name in dataset.splits:
         images, masks = dataset.split(name)

@@ -29,6 +29,10 @@ is unannotated, else int8 (int16 above 127 classes); ``mean`` and ``std`` per ba
 (uint8 / 255, uint16 / 65535, float32 as is), over every pixel of the training tiles that lies inside its raster
 (annotated or not; the padding is left out).
 
+Test scenes. The test split's scenes are served whole as well (``test_scenes``): every cell maps them with its best
+weights, as ``bench predict`` does, and its scores over whole scenes (edges included) are stored beside the test
+tiles' ("scene mIoU").
+
 Preparing reads one scene at a time, in windows of at most ``READ_BYTES`` of image, so that its memory does not grow
 with the number or size of the scenes; an interrupted preparation resumes at the first scene not finished.
 
@@ -664,9 +668,9 @@ def count_values(path: Path, values: list[int], options: Options | None = None) 
     return counts
 
 
-def _not_classes_error(scene: Scene, labels: np.ndarray, mapped: np.ndarray, options: Options) -> UserError:
+def _not_classes_error(label: Path, labels: np.ndarray, mapped: np.ndarray, options: Options) -> UserError:
     bad = sorted(int(v) for v in np.unique(labels[mapped == NOT_CLASS]))
-    counts = count_values(scene.label, bad, options)
+    counts = count_values(label, bad, options)
     named = sorted(v for v, i in options.table.items() if i >= 0)
     show = show_colour if options.colours else str
     listed = ", ".join(f"{show(v)} ({counts[v]} pixels)" for v in bad[:5]) + (f" and {len(bad) - 5} more"
@@ -674,10 +678,10 @@ def _not_classes_error(scene: Scene, labels: np.ndarray, mapped: np.ndarray, opt
     if options.colours:
         known = ", ".join(show_colour(v) for v in named[:8]) + (f" and {len(named) - 8} more" if len(named) > 8
                                                                  else "")
-        return UserError(f"{scene.label}: mask colour(s) {listed} not in the class table (classes have colours "
+        return UserError(f"{label}: mask colour(s) {listed} not in the class table (classes have colours "
                          f"{known}; ignore and colours say which colours are what)")
     file = options.words.file
-    return UserError(f"{scene.label}: {file} value(s) {listed} not in the class table (classes have values "
+    return UserError(f"{label}: {file} value(s) {listed} not in the class table (classes have values "
                      f"{_ranges(named)}; ignore, values and the {file}'s nodata say which values are what)")
 
 
@@ -761,7 +765,7 @@ def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, band
                             f"{y}..{y + height - 1} are NaN or infinite; the images must be finite numbers")
         mapped = map_labels(labels, lookup, options.table, scene.label_nodata)
         if mapped.min(initial=0) == NOT_CLASS:
-            raise _not_classes_error(scene, labels, mapped, options)
+            raise _not_classes_error(scene.label, labels, mapped, options)
         return pixels, mapped.astype(mask_dtype)
 
     try:
@@ -940,12 +944,41 @@ def prepare(root: str | Path | None = None, images: str = "images/*.tif", labels
     return prepare_cache(options, None, scene_units, cache_dir, progress, verify)
 
 
-class Rasters(CachedTiles):
-    """Prepared rasters (or tiles): splits as read-only memory maps (see the module docstring), and ``rgb_bands``."""
+@dataclass(frozen=True)
+class SceneToScore:
+    """A scene of the test split, scored whole with each cell's best weights (the DATASET_CONTRACT's
+    ``test_scenes``): its image and label rasters, its label values mapped to classes as its tiles' were."""
 
-    def __init__(self, cache: TileCache, rgb_bands: list[int] | None = None):
+    image: Path
+    labels: Path
+    options: Options
+
+    def read_classes(self, source: Any, window: Any) -> np.ndarray:
+        """The classes (``-1`` not annotated) of ``window`` of the label raster open in ``source``; a value that the
+        class table does not name is refused as preparing refuses it."""
+        options = self.options
+        nodata = None if options.colours else source.nodata
+        values = _read_labels(source, window, options.colours)
+        classes = map_labels(values, _lookup(options, np.dtype(source.dtypes[0]), nodata), options.table, nodata)
+        if classes.min(initial=0) == NOT_CLASS:
+            raise _not_classes_error(self.labels, values, classes, options)
+        return classes
+
+
+class Rasters(CachedTiles):
+    """Prepared rasters (or tiles): splits as read-only memory maps (see the module docstring), ``rgb_bands`` and,
+    with the options that made them (``options``, for rasters), the test scenes to score whole (``test_scenes``) and
+    any other pair of rasters read with the same class table (:meth:`scene`)."""
+
+    def __init__(self, cache: TileCache, rgb_bands: list[int] | None = None, options: Options | None = None):
         super().__init__(cache.manifest["source"]["dataset"], cache)
         self.rgb_bands = rgb_positions(rgb_bands, cache.manifest)
+        self.test_scenes: tuple[SceneToScore, ...] = ()
+        if options is not None:
+            self.scene = functools.partial(SceneToScore, options=options)
+            names = cache.manifest["scenes"].get("test", [])
+            pairs = find_pairs(options) if names else {}
+            self.test_scenes = tuple(self.scene(*pairs[name]) for name in names)
 
 
 TEST_KWARGS = {"classes": ["background", "building", "woodland", "water", "road"], "tile_size": 64,
@@ -960,8 +993,10 @@ def rasters(root: str | None = None, images: str = "images/*.tif", labels: str =
             split: dict[str, Any] | None = None, split_seed: int = 0, cache_dir: str | None = None) -> Rasters:
     """Image rasters and label rasters from the folder ``root``; see the module docstring. Prepares its cache on
     first use."""
-    return Rasters(prepare(root, images, labels, classes, values, ignore, bands, rgb_bands, tile_size, stride, scale,
-                           edge, split, split_seed, cache_dir), rgb_bands)
+    options = check_options(root, images, labels, classes, values, ignore, bands, rgb_bands, tile_size, stride, scale,
+                            edge, split, split_seed)
+    cache = prepare_cache(options, None, scene_units, cache_dir, None, False)
+    return Rasters(cache, rgb_bands, options)
 
 
 rasters.prepare = prepare  # `bench prepare` and `bench run` call it first, with a progress bar
