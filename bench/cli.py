@@ -501,7 +501,7 @@ def command_evaluate(args: argparse.Namespace, console: Console) -> int:
 def command_predict(args: argparse.Namespace, console: Console) -> int:
     """bench.predict's maps of the INPUT scenes in --output, a progress bar over their windows, then each scene's
     area table (and, with --labels, the scene-level scores) on screen."""
-    from bench.predict import check_overlap, find_scenes, inspect_scene
+    from bench.predict import check_overlap, find_scenes, inspect_scene, keep_freed_memory
     from bench.predict_outputs import (
         Options,
         all_scores,
@@ -517,6 +517,7 @@ def command_predict(args: argparse.Namespace, console: Console) -> int:
     require_writable_folder(args.output, "--output")
     paths = find_scenes(args.inputs, args.output)
     prepare_dataset(grid.dataset.name, grid.dataset_kwargs(), console)
+    keep_freed_memory()
     predictor = chosen_predictor(args, grid, device)
     check_overlap(args.overlap, predictor)
     scenes = [inspect_scene(path, predictor, args.labels) for path in paths]
