@@ -29,6 +29,7 @@ from bench.identity import Cell, Grid
 from bench.provenance import provenance
 from bench.train import CellData, train_cell
 from bench.whole_scenes import WholeTestScenes
+from registry.annotation import priced, tally
 from registry.errors import where_raised
 from registry.locks import writers_lock
 
@@ -73,25 +74,39 @@ class GridData:
         self._masks_key: tuple | None = None
         self._masks: np.ndarray | None = None
         self._train_annotated: int | None = None
+        self._annotation: dict[str, float] = {}  # what an annotator did for those masks (registry.annotation)
 
     def tile_shape(self) -> tuple[int, int, int]:
         images, _ = self.dataset.split("val")
         return tuple(images.shape[1:])
 
-    def for_cell(self, cell: Cell) -> CellData:
-        train_images, train_full = self.dataset.split("train")
-        val_images, val_masks = self.dataset.split("val")
+    def _draw_masks(self, cell: Cell) -> None:
+        """The cell's partial masks in hand, with what they count for "labelled %" and for the annotator."""
         key = (cell.masker.name, json.dumps(cell.masker.kwargs, sort_keys=True), cell.fraction, cell.seed)
         if key != self._masks_key:
+            _, train_full = self.dataset.split("train")
             masker = registry.create_masker(cell.masker.name, **cell.masker.kwargs)
             self._masks, self._masks_key = partial_masks(train_full, masker, cell.fraction, cell.seed), key
             self._train_annotated = annotated_pixels(train_full)  # "labelled %" is a share of these
+            self._annotation = tally(masker.annotation, self._masks)
+
+    def annotation(self, cell: Cell) -> dict[str, Any]:
+        """The cell's annotation priced at the grid's costs, as training stores it: for a finished cell stored
+        without it (before annotation was counted), from its masks drawn again."""
+        self._draw_masks(cell)
+        return priced(self._annotation, self.grid.annotation_cost)
+
+    def for_cell(self, cell: Cell) -> CellData:
+        train_images, _ = self.dataset.split("train")
+        val_images, val_masks = self.dataset.split("val")
+        self._draw_masks(cell)
         test_images = test_masks = None
         if "test" in self.dataset.splits:
             test_images, test_masks = self.dataset.split("test")
         return CellData(train_images, self._masks, val_images, val_masks, self.dataset.num_classes,
                         tuple(self.dataset.mean), tuple(self.dataset.std), test_images, test_masks,
-                        self._train_annotated, WholeTestScenes.of(self.dataset))
+                        self._train_annotated, WholeTestScenes.of(self.dataset),
+                        priced(self._annotation, self.grid.annotation_cost))
 
 
 @dataclass(frozen=True)

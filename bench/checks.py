@@ -57,6 +57,8 @@ def check_grid(grid: Grid) -> GridData:
     height, width, channels = data.tile_shape()
     num_classes = data.dataset.num_classes
     weights = grid.cells[0].recipe["class_weights"]
+    if isinstance(weights, str):  # a weighting (bench.recipe.CLASS_WEIGHTINGS): one weight per class, when trained
+        weights = [1.0] * num_classes
     if weights is not None and len(weights) != num_classes:
         raise UserError(f"{grid.path}: [recipe] class_weights has {len(weights)} values; dataset "
                         f"{grid.dataset.name!r} has {num_classes} classes ({', '.join(data.dataset.class_names)})")

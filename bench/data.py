@@ -81,6 +81,16 @@ def annotated_pixels(masks: np.ndarray) -> int | None:
     return None if count == masks.size else count
 
 
+def class_counts(masks: np.ndarray, num_classes: int) -> list[int]:
+    """How many labelled pixels of each class masks ``[N, H, W]`` hold (``-1`` is no class), counted a few hundred
+    tiles at a time."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for start in range(0, len(masks), 256):
+        chunk = np.asarray(masks[start:start + 256])
+        counts += np.bincount(chunk[chunk >= 0].astype(np.int64), minlength=num_classes)[:num_classes]
+    return counts.tolist()
+
+
 def partial_masks(masks: np.ndarray, masker, fraction: float, seed: int) -> np.ndarray:
     """Apply ``masker`` to every full mask (``[N, H, W]``: uint8, or int8/int16 with ``-1`` where a pixel is not
     annotated); returns int8 ``[N, H, W]`` (int16 for int16 masks) with ``-1`` unlabelled, which every not-annotated

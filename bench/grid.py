@@ -34,10 +34,11 @@ from bench.grid_files import resolve_grid_path
 from bench.identity import FILE_SUFFIX, LOCATION_KEYS, Cell, Component, Grid, number_form
 from bench.overrides import Locator, apply_override, parse_override
 from bench.recipe import check_recipe
+from registry.annotation import UNITS, CostError, check_costs, units_of
 from registry.arguments import canonical_arguments
 from registry.errors import UserError
 
-TOP_KEYS = {"description", "dataset", "axes", "recipe"}
+TOP_KEYS = {"description", "dataset", "axes", "recipe", "annotation_cost"}
 AXIS_KEYS = {"archs", "losses", "maskers", "fractions", "seeds", "include", "exclude"}
 FILTER_KEYS = {"arch", "loss", "masker", "fraction", "seed"}
 
@@ -102,11 +103,13 @@ def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequ
 
     name = path.stem
     cells: dict[str, Cell] = {}
-    uses_fraction = {}
+    uses_fraction, counters = {}, {}
     for masker in maskers:
         built = build_checked(lambda: registry.create_masker(masker.name, **masker.kwargs), "masker", masker,
                               locator.prefix(masker.name, key="axes.maskers"))
         uses_fraction[masker.label] = built.uses_fraction
+        counters[masker.label] = built.annotation
+    annotation_cost = _annotation_cost(data.get("annotation_cost", {}), counters, locator)
     # Cells sharing partial masks (same seed, masker, fraction) come together, so each set of masks is drawn once.
     for seed, masker in itertools.product(seeds, maskers):
         for fraction, loss, arch in itertools.product(fractions if uses_fraction[masker.label] else [1.0],
@@ -127,7 +130,29 @@ def parse_grid(text: str, path: Path, epochs: int | None = None, overrides: Sequ
     for axis, components in (("archs", archs), ("losses", losses), ("maskers", maskers)):
         for component in components:
             places[axis, component.label] = locator.prefix(component.name, key=f"axes.{axis}")
-    return Grid(name, path, data.get("description", ""), dataset, tuple(cells.values()), location, places)
+    return Grid(name, path, data.get("description", ""), dataset, tuple(cells.values()), location, places,
+                annotation_cost)
+
+
+def _annotation_cost(table: Any, counters: dict[str, Any], locator: Locator) -> dict[str, float]:
+    """The grid's seconds per annotation unit (registry.annotation): ``[annotation_cost]`` over the published
+    figures, pricing every unit that the grid's maskers count."""
+    counted = {}
+    for label, counter in counters.items():
+        try:
+            units = units_of(counter)
+        except Exception as err:  # a plugin's counter: named, in one line
+            raise locator.error(f"masker {label!r}: its annotation counter fails on a tile with no label: "
+                                f"{type(err).__name__}: {err}", label, key="axes.maskers") from None
+        counted.update({unit: label for unit in units if unit not in UNITS})
+    if isinstance(table, dict):
+        locator.check_keys(table, {*UNITS, *counted}, table="annotation_cost")
+    try:
+        return check_costs(table, counted)
+    except CostError as err:
+        if err.unit is None:
+            raise locator.error(str(err), "annotation_cost", key="annotation_cost") from None
+        raise locator.error(str(err), err.unit, "annotation_cost") from None
 
 
 def _component(spec: Any, kind: str, reg: registry.Registry, locator: Locator, key: str) -> Component:

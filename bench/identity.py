@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.annotation import PUBLISHED_COSTS
+
 CONFIG_VERSION = 1  # bump when a change to the training code makes old results incomparable
 # Recipe keys added after results were stored, each with the value that behaves as the code did before it: at that
 # value a key stays out of the cell's identity, so that adding it did not orphan every stored cell.
@@ -154,6 +156,9 @@ class Grid:
     # Where each component stands, for messages about it found after the grid is read: ("archs", label) -> "path
     # line N" or the --set that gave it; ("dataset", name) for the dataset, ("dataset", key) for its arguments.
     places: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Seconds per annotation unit ([annotation_cost] over registry.annotation's published figures): what a cell's
+    # annotation is priced at, never part of its identity.
+    annotation_cost: dict[str, float] = field(default_factory=lambda: dict(PUBLISHED_COSTS))
 
     def cells_by_id(self) -> dict[str, Cell]:
         """The cells by every id they may be stored under (their id and their aliases)."""

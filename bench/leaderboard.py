@@ -22,6 +22,7 @@ from tabulate import tabulate
 
 from bench.plots import show_names, write_plots
 from bench.store import EVALUATION, CellRow
+from registry.annotation import UNITS
 from registry.files import write_atomically
 
 PLOTS_FOLDER = "plots"
@@ -67,6 +68,23 @@ def mean_std(values: list[float | None], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def annotator_hours(row: CellRow) -> float | None:
+    """A cell's annotator hours per 1000 training tiles (registry.annotation), None for a cell stored without its
+    annotation counts."""
+    return ((row.metrics or {}).get("annotation") or {}).get("hours_per_1000_tiles")
+
+
+def hours_text(values: list[float | None]) -> str:
+    """Hours, which span orders of magnitude between annotation styles: three significant figures, ± the spread
+    over seeds."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1 or statistics.stdev(values) == 0:
+        return f"{values[0]:.3g}"
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
 
 
 def same_numbers_key(config: object) -> str:
@@ -158,11 +176,11 @@ SUMMARY_FIXED = ("seed", "masker", "fraction", "arch", "loss")  # what varies ac
 
 
 def summary_table(rows: list[CellRow]) -> str | None:
-    """The table at a glance: one row per annotation (masker and labelled %, fewest labels first), one column per
-    architecture · loss; each entry the best mIoU, mean ± std over seeds, with its share of the full-label mIoU where
-    the table has one. In each row of several entries, the best mean and those tied with it (:func:`tied_with_best`)
-    are bold. None for a single annotation, or when the cells also differ in anything else (a recipe, the dataset): an
-    entry would then mix experiments."""
+    """The table at a glance: one row per annotation (masker, labelled % and annotator hours, cheapest first), one
+    column per architecture · loss; each entry the best mIoU, mean ± std over seeds, with its share of the
+    full-label mIoU where the table has one. In each row of several entries, the best mean and those tied with it
+    (:func:`tied_with_best`) are bold. None for a single annotation, or when the cells also differ in anything else
+    (a recipe, the dataset): an entry would then mix experiments."""
     rest = {same_numbers_key({k: v for k, v in r.config.items() if k not in SUMMARY_FIXED}) for r in rows}
     if len(rest) > 1:
         return None
@@ -170,16 +188,20 @@ def summary_table(rows: list[CellRow]) -> str | None:
     for r in rows:
         annotation = (r.config["masker"]["label"], r.config["fraction"])
         entries[annotation, f"{r.config['arch']['label']} · {r.config['loss']['label']}"].append(r)
-    labelled = defaultdict(list)
+    labelled, hours = defaultdict(list), defaultdict(list)
     for (annotation, _), group in entries.items():
         labelled[annotation] += [100 * r.metrics["labelled_fraction"] for r in group]
-    annotations = sorted(labelled, key=lambda a: (statistics.mean(labelled[a]), a))
+        hours[annotation] += [annotator_hours(r) for r in group]
+    priced = not any(None in group for group in hours.values())
+    # cheapest annotation first: by its price where every cell has one, else by its labelled share
+    annotations = sorted(labelled, key=lambda a: (statistics.mean(hours[a] if priced else labelled[a]), a))
     if len(annotations) < 2:
         return None
     columns = sorted({column for _, column in entries})
     lines = []
     for annotation in annotations:
-        line = [f"{annotation[0]} · {statistics.mean(labelled[annotation]):.3g} %"]
+        line = [f"{annotation[0]} · {statistics.mean(labelled[annotation]):.3g} %"
+                + ("" if None in hours[annotation] else f" · {hours_text(hours[annotation])} h")]
         seeds = {column: [r.metrics["best_miou"] for r in entries[annotation, column]]
                  for column in columns if (annotation, column) in entries}
         best = max(seeds.values(), key=statistics.mean)
@@ -194,7 +216,8 @@ def summary_table(rows: list[CellRow]) -> str | None:
             shares = full_label_shares(group, rows) if not group[0].fully_labelled else None
             line.append(text + (f" ({100 * statistics.mean(shares):.0f} %)" if shares else ""))
         lines.append(line)
-    return markdown_table(lines, ["annotation · labelled", *columns])
+    return markdown_table(lines, ["annotation · labelled" + (" · annotator h / 1000 tiles" if priced else ""),
+                                  *columns])
 
 
 def _table(rows: list[CellRow]) -> str:
@@ -210,6 +233,7 @@ def _table(rows: list[CellRow]) -> str:
         return statistics.mean(r.metrics["best_miou"] for r in group if r.metrics["best_miou"] is not None)
 
     test, scene = has_test(rows), has_scene_scores(rows)
+    priced = any(annotator_hours(r) is not None for r in rows)
     lines = []
     for rank, group in enumerate(sorted(groups.values(), key=best_mean, reverse=True), start=1):
         first = group[0].config
@@ -220,6 +244,7 @@ def _table(rows: list[CellRow]) -> str:
             first["loss"]["label"],
             first["masker"]["label"],
             mean_std([100 * x["labelled_fraction"] for x in scores], 2),
+            *([hours_text([annotator_hours(r) for r in group])] if priced else []),
             ", ".join(str(r.config["seed"]) for r in sorted(group, key=lambda r: r.config["seed"])),
             mean_std([x["best_miou"] for x in scores]),
             *([mean_std([100 * share for share in full_label_shares(group, rows) or []], 1)] if with_full else []),
@@ -236,7 +261,8 @@ def _table(rows: list[CellRow]) -> str:
             first["recipe"]["epochs"],
             " / ".join(sorted({r.provenance["device"] for r in group})),
         ])
-    headers = ["#", "architecture", "loss", "masker", "labelled %", "seeds", "best mIoU",
+    headers = ["#", "architecture", "loss", "masker", "labelled %", *(["annotator h / 1000 tiles"] if priced else []),
+               "seeds", "best mIoU",
                *(["% of full-label mIoU"] if with_full else []), "final mIoU",
                "best per-batch mIoU (ref-style)", "final per-batch mIoU (ref-style)", "pixel acc.",
                *(["test mIoU", "test per-batch mIoU (ref-style)"] if test else []),
@@ -262,6 +288,37 @@ def _scene_note(rows: list[CellRow]) -> str:
     return (f" Scene mIoU: the best weights mapping whole scenes (the dataset's test scenes, after training, or those "
             f"`bench predict --labels` scored last), one confusion matrix over {' / '.join(map(str, scenes))} "
             "scene(s), edges included; a dash where a cell has none.")
+
+
+def _class_weights_note(recipe: dict) -> str:
+    weights = recipe.get("class_weights")
+    if weights is None:
+        return ""
+    if isinstance(weights, str):
+        return f", class weights {weights} (of each cell's labelled training pixels)"
+    return f", class weights {', '.join(f'{w:g}' for w in weights)}"
+
+
+def unit_order(unit: str) -> tuple[int, str]:
+    """The published units in registry.annotation's order, then a plugin's own."""
+    return (UNITS.index(unit), "") if unit in UNITS else (len(UNITS), unit)
+
+
+def _annotation_note(rows: list[CellRow]) -> str:
+    """How the annotator hours were priced: the seconds per unit the table's cells share (``bench run`` prices a
+    grid's stored cells at its current ``[annotation_cost]``)."""
+    tables = {json.dumps(r.metrics["annotation"]["seconds_per_unit"], sort_keys=True)
+              for r in rows if annotator_hours(r) is not None}
+    if not tables:
+        return ""
+    if len(tables) > 1:
+        return (" Annotator hours per 1000 training tiles: the partial masks' clicks, strokes and regions priced "
+                "at more than one table of seconds per unit (rerun the grid to price them alike); "
+                "docs/annotation-cost.md.")
+    table = json.loads(tables.pop())
+    costs = ", ".join(f"{unit} {table[unit]:g} s" for unit in sorted(table, key=unit_order) if table[unit])
+    return (f" Annotator hours per 1000 training tiles: the partial masks' clicks, strokes and regions priced at "
+            f"{costs or 'nothing'} (the rest 0; docs/annotation-cost.md).")
 
 
 def _component_arguments(rows: list[CellRow]) -> list[str]:
@@ -313,10 +370,10 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
                 f"Dataset {code(json.dumps(table_rows[0].config['dataset']['kwargs'], sort_keys=True))}; "
                 f"recipe: {recipe['optimizer']} lr {recipe['lr']:g}, weight decay {recipe['weight_decay']:g}, "
                 f"{recipe['schedule']} schedule, batch {recipe['batch_size']}, "
-                f"augment {', '.join(recipe['augment']) or 'none'}"
+                f"augment {', '.join(recipe['augment']) or 'none'}{_class_weights_note(recipe)}"
                 f". Run {dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}, code "
                 f"{', '.join(sorted({r.provenance['code_revision'] for r in table_rows}))}."
-                f"{_test_note(table_rows)}{_scene_note(table_rows)}"
+                f"{_test_note(table_rows)}{_scene_note(table_rows)}{_annotation_note(table_rows)}"
             ),
             "",
             *_component_arguments(table_rows),

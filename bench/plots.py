@@ -1,9 +1,11 @@
-"""Plots for the leaderboard, one pair per table (dataset and grid): label efficiency and training curves.
+"""Plots for the leaderboard, for each table (dataset and grid): label efficiency, the annotation budget's frontier,
+and training curves.
 
 The data each plot shows come from small pure functions (``efficiency_series``, ``full_label_levels``,
-``curve_series``), tested apart; the drawing functions only draw them. Matplotlib is used through its object API on
-the Agg canvas (no pyplot, no display), and PNGs are written without the software/version metadata, atomically, so
-that rerunning ``bench leaderboard`` on the same store rewrites identical files.
+``budget_points``, ``budget_frontier``, ``curve_series``), tested apart; the drawing functions only draw them.
+Matplotlib is used through its object API on the Agg canvas (no pyplot, no display), and PNGs are written without the
+software/version metadata, atomically, so that rerunning ``bench leaderboard`` on the same store rewrites identical
+files.
 """
 
 from __future__ import annotations
@@ -176,6 +178,66 @@ def label_efficiency_plot(rows: Iterable[CellRow], path: Path) -> Figure:
                    "best validation mIoU (mean over seeds)", _title(rows, "label efficiency"), path)
 
 
+def budget_points(rows: Iterable[CellRow]) -> dict[str, list[tuple[float, float, float]]]:
+    """``{architecture · loss · masker: [(annotator hours per 1000 tiles, mean best mIoU, std), ...]}`` over the
+    cells whose annotation is priced (registry.annotation), full labels included: seeds of a cell (same line, same
+    configured fraction) make one point, at the mean of their hours. Points at no cost are left out (a log axis
+    cannot show them). Points sorted by hours, lines by label."""
+    points: dict[str, dict[float, list[CellRow]]] = defaultdict(lambda: defaultdict(list))
+    for row in _finished(rows):
+        if (row.metrics.get("annotation") or {}).get("hours_per_1000_tiles") is not None:
+            points[efficiency_label(row)][row.config["fraction"]].append(row)
+    series = {}
+    for label in sorted(points):
+        line = []
+        for group in points[label].values():
+            hours = statistics.mean(r.metrics["annotation"]["hours_per_1000_tiles"] for r in group)
+            if hours > 0:
+                line.append((hours, *_mean_std([r.metrics["best_miou"] for r in group])))
+        if line:
+            series[label] = sorted(line)
+    return series
+
+
+def budget_frontier(series: dict[str, list[tuple[float, float, float]]]) -> list[tuple[float, float, str]]:
+    """The budget frontier: ``(hours, mean best mIoU, line)`` of each point that every cheaper (or equally costly)
+    point scores below, cheapest first: the best mIoU reachable at each budget, over every annotation style,
+    architecture and loss of ``series`` (:func:`budget_points`)."""
+    points = sorted(((hours, -miou, label) for label, line in series.items() for hours, miou, _ in line))
+    frontier: list[tuple[float, float, str]] = []
+    for hours, negative, label in points:
+        if not frontier or -negative > frontier[-1][1]:
+            frontier.append((hours, -negative, label))
+    return frontier
+
+
+def budget_frontier_plot(rows: Iterable[CellRow], path: Path) -> Figure:
+    """Best validation mIoU against annotator hours per 1000 training tiles (log axis): a point per cell (seeds
+    pooled; error bars the standard deviation over seeds), in one colour per architecture · loss and one marker per
+    masker, and the budget frontier (:func:`budget_frontier`) as a black step line. Returns the figure."""
+    rows = list(rows)
+    series = budget_points(rows)
+    figure = _new_figure(len(series) + 1)
+    ax = figure.add_subplot()
+    colours = {key: f"C{i % 10}" for i, key in enumerate(sorted({k.rsplit(SEP, 1)[0] for k in series}))}
+    maskers = sorted({label.rsplit(SEP, 1)[1] for label in series})
+    for label, points in series.items():
+        arch_loss, masker = label.rsplit(SEP, 1)
+        x, y, err = zip(*points, strict=True)
+        ax.errorbar(x, y, yerr=err if any(err) else None, label=label, color=colours[arch_loss], linestyle="none",
+                    marker=MARKERS[maskers.index(masker) % len(MARKERS)], capsize=3)
+    frontier = budget_frontier(series)
+    if frontier:
+        x, y, _ = zip(*frontier, strict=True)
+        ax.step([*x, max(p[0] for line in series.values() for p in line)], [*y, y[-1]], where="post", color="black",
+                linewidth=1.2, label="budget frontier: the best mIoU at that many hours or fewer")
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no cells with priced annotation", transform=ax.transAxes, ha="center", va="center")
+    return _finish(figure, ax, "annotator hours per 1000 training tiles (estimated: docs/annotation-cost.md; log "
+                   "scale)", "best validation mIoU (mean over seeds)", _title(rows, "annotation budget"), path)
+
+
 PANEL_HEIGHT = 3.2  # inches per architecture · loss panel of the training curves
 
 
@@ -246,7 +308,8 @@ def safe_name(text: str) -> str:
 def plot_names(dataset: str, grid: str) -> dict[str, str]:
     """``{alt text: file name}`` of a table's plots."""
     stem = f"{safe_name(dataset)}-{safe_name(grid)}"
-    return {"label efficiency": f"{stem}-label-efficiency.png", "training curves": f"{stem}-curves.png"}
+    return {"label efficiency": f"{stem}-label-efficiency.png", "annotation budget": f"{stem}-budget.png",
+            "training curves": f"{stem}-curves.png"}
 
 
 def show_names(dataset: str, grid: str) -> dict[str, str]:
@@ -266,6 +329,10 @@ def write_plots(rows: Iterable[CellRow], folder: Path) -> dict[tuple[str, str], 
     for (dataset, grid), table_rows in sorted(by_table.items()):
         names = plot_names(dataset, grid)
         label_efficiency_plot(table_rows, Path(folder) / names["label efficiency"])
+        if budget_points(table_rows):
+            budget_frontier_plot(table_rows, Path(folder) / names["annotation budget"])
+        else:  # cells stored before their annotation was counted
+            del names["annotation budget"]
         training_curves_plot(table_rows, Path(folder) / names["training curves"])
         written[(dataset, grid)] = list(names.items())
     return written

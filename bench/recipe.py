@@ -33,6 +33,10 @@ SCHEDULES = ("constant", "cosine")
 DATA_PATHS = ("auto", "device", "loader")
 AMP_MODES = ("fp16", "bf16")  # besides true (the card's best) and false
 MAX_DEFAULT_WORKERS = 8
+# class_weights may name a weighting, computed for each cell from its labelled training pixels (weights_from_counts):
+# each class's share to this power, negated. inverse_sqrt_frequency is the milder: rare classes gain weight without the
+# rarest taking the loss over.
+CLASS_WEIGHTINGS = {"inverse_frequency": 1.0, "inverse_sqrt_frequency": 0.5}
 RECIPE_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "lr": 1e-3,
@@ -55,6 +59,19 @@ RECIPE_DEFAULTS: dict[str, Any] = {
 }
 FLOAT_RECIPE_KEYS = ("lr", "weight_decay", "momentum", "warmup_epochs")
 FLOAT32_MAX = 3.4028234663852886e38
+
+
+def weights_from_counts(weighting: str, counts: list[int]) -> list[float]:
+    """Class weights from the labelled pixels of each class (``counts``): each present class's share to the power
+    ``-CLASS_WEIGHTINGS[weighting]``, scaled so that their mean over the labelled pixels is 1 (the loss keeps its
+    scale); a class with no labelled pixel gets the largest weight (it never meets the loss unless pixels of it are
+    labelled later)."""
+    total = sum(counts)
+    exponent = CLASS_WEIGHTINGS[weighting]
+    raw = [(count / total) ** -exponent if count else None for count in counts]
+    mean = sum(count / total * w for count, w in zip(counts, raw, strict=True) if w is not None)
+    largest = max(w for w in raw if w is not None) / mean
+    return [w / mean if w is not None else largest for w in raw]
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -102,10 +119,12 @@ def check_recipe(spec: Any, locator: Locator) -> tuple[dict[str, Any], dict[str,
     require(isinstance(recipe["sync_batchnorm"], bool), "sync_batchnorm", "must be true or false")
     require(recipe["data_path"] in DATA_PATHS, "data_path", f"must be one of {', '.join(DATA_PATHS)}")
     weights = recipe["class_weights"]
-    require(weights is None or (isinstance(weights, list) and weights and all(number(w) and w > 0 for w in weights)),
-            "class_weights", "must be a list of positive numbers")
+    require(weights is None or (isinstance(weights, str) and weights in CLASS_WEIGHTINGS)
+            or (isinstance(weights, list) and weights and all(number(w) and w > 0 for w in weights)),
+            "class_weights", "must be a list of positive numbers, or " + " or ".join(f'"{name}"' for name in
+                                                                           CLASS_WEIGHTINGS))
     canonical = {key: float(recipe[key]) for key in FLOAT_RECIPE_KEYS}
-    if weights is not None:
+    if isinstance(weights, list):
         canonical["class_weights"] = [float(w) for w in weights]
     written = {key: recipe[key] for key, value in canonical.items() if number_form(value) != number_form(recipe[key])}
     return {**recipe, **canonical}, written

@@ -28,6 +28,7 @@ from bench.executors import Executor, SequentialExecutor
 from bench.identity import Cell, Grid
 from bench.outputs import OutputFolder
 from bench.store import ResultStore, StoreError
+from registry.annotation import priced
 from registry.errors import UserError
 from registry.files import write_atomically
 
@@ -115,6 +116,11 @@ def run_cells(grid: Grid, data: GridData, out: OutputFolder, store: ResultStore,
             summary.skipped.append(cell.cell_id)
             # a run killed between storing the cell and removing its resume state left it behind
             checkpoints.remove_resume_state(out.cell_checkpoints(row.cell_id))
+            annotation = row.metrics.get("annotation")
+            if annotation is None:  # stored before annotation was counted: its masks are drawn again to count
+                store.record_annotation(row.cell_id, data.annotation(cell))
+            elif annotation["seconds_per_unit"] != grid.annotation_cost:  # the grid's [annotation_cost] is new
+                store.record_annotation(row.cell_id, priced(annotation["counts"], grid.annotation_cost))
         else:
             todo.append(cell)
     events.grid_started(grid, todo, len(summary.skipped))

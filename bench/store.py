@@ -1,8 +1,9 @@
 """The results store: one SQLite database per output folder, one row per cell (and per evaluation of weights
 trained elsewhere: ``bench evaluate``).
 
-A row moves ``running`` -> (``interrupted`` | ``failed``)* -> ``done``. Every write is a transaction, and no statement
-here touches a row that is ``done``: a finished result is never rewritten, whatever a later run does.
+A row moves ``running`` -> (``interrupted`` | ``failed``)* -> ``done``. Every write is a transaction, and a finished
+result is never rewritten, whatever a later run does: the only statements that touch a row that is ``done`` add what
+is measured of it afterwards (its scores over whole scenes) or its annotation, counted or priced anew.
 
 A store is made whole under another name, then renamed into place. A file is taken for a store only when it is one:
 SQLite's ``application_id`` says so (a store written before it was set is known by its ``cells`` table and schema
@@ -251,6 +252,17 @@ class ResultStore:
         with self._reporting(), self._db:
             self._db.execute("UPDATE cells SET metrics = ?, updated_at = ? WHERE cell_id = ? AND status = 'done'",
                              (_json({**row.metrics, "scene": scene}), _now(), cell_id))
+
+    def record_annotation(self, cell_id: str, annotation: dict) -> None:
+        """Keep a finished cell's annotation, its counts and their price (registry.annotation.priced), in its
+        metrics under ``"annotation"``: counted anew for a cell stored before annotation was, or priced at another
+        table; the cell's own figures are left as they are."""
+        row = self.get(cell_id)
+        if row is None or row.status != "done":
+            raise UserError(f"cell {cell_id} is not a finished cell of {self.path}: its annotation is not stored")
+        with self._reporting(), self._db:
+            self._db.execute("UPDATE cells SET metrics = ?, updated_at = ? WHERE cell_id = ? AND status = 'done'",
+                             (_json({**row.metrics, "annotation": annotation}), _now(), cell_id))
 
     def fail(self, cell_id: str, error: str) -> None:
         self._update(cell_id, "status = 'failed', error = ?", error)

@@ -25,12 +25,12 @@ import torch
 import registry
 from bench import checkpoints, distributed
 from bench.batches import DeviceBatches, LoaderBatches, TrainBatches
-from bench.data import AugmentedTiles, Normalizer
+from bench.data import AugmentedTiles, Normalizer, class_counts
 from bench.device import Precision, choose_precision, clock, peak_memory_mb
 from bench.device_data import fits_on_device, upload
 from bench.identity import Cell
 from bench.models import build_model
-from bench.recipe import default_num_workers
+from bench.recipe import default_num_workers, weights_from_counts
 from bench.scoring import eval_batch_size, evaluate
 from bench.step import backward_and_step, build_optimizer, supervised_loss
 from bench.whole_scenes import WholeTestScenes
@@ -59,6 +59,7 @@ class CellData:
     test_masks: np.ndarray | None = None  # as val_masks
     train_annotated: int | None = None  # annotated pixels of the full training masks; None: every pixel is
     test_scenes: WholeTestScenes | None = None  # whole scenes scored with the best weights after the test split
+    annotation: dict[str, Any] | None = None  # the partial masks' annotation, priced (registry.annotation.priced)
 
     @property
     def has_test(self) -> bool:
@@ -126,7 +127,10 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     model, forward, evaluated = build_model(cell.arch, data.num_classes, data.train_images.shape[-1], device,
                                             compile=recipe["compile"], data_parallel=world_size > 1,
                                             sync_batchnorm=recipe["sync_batchnorm"])
-    loss_fn = registry.create_loss(cell.loss.name, **cell.loss.kwargs, weight=recipe["class_weights"])
+    class_weights = recipe["class_weights"]
+    if isinstance(class_weights, str):  # a weighting: from the classes of the pixels this cell is given labels of
+        class_weights = weights_from_counts(class_weights, class_counts(data.train_masks, data.num_classes))
+    loss_fn = registry.create_loss(cell.loss.name, **cell.loss.kwargs, weight=class_weights)
     regularizers = build_regularizers(cell)
     precision = choose_precision(device, recipe["amp"])
     normalize = Normalizer(data.mean, data.std, device)
@@ -217,6 +221,8 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     images_per_epoch = min(len(data.train_images), len(batches) * recipe["batch_size"])
     metrics = summarize(history, data, images_per_epoch, precision.name)
     metrics.update(data_path=data_path, compiled=recipe["compile"], first_step_seconds=first_step_seconds)
+    if isinstance(recipe["class_weights"], str):  # the weights it came to
+        metrics["class_weights"] = class_weights
     if rank == 0:
         checkpoints.write({"cell_id": cell.cell_id, "config": cell.config, "epoch": best["epoch"],
                            "miou": best["miou"], "model": best["model"]}, checkpoint_dir / checkpoints.BEST)
@@ -301,4 +307,5 @@ def summarize(history: list[dict[str, Any]], data: CellData, images_per_epoch: i
         "eval_images_per_second": len(data.val_images) / eval_seconds,
         "labelled_fraction": data.labelled_fraction, "train_tiles": len(data.train_images),
         "val_tiles": len(data.val_images), "precision": precision,
+        **({"annotation": data.annotation} if data.annotation is not None else {}),
     }

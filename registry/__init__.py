@@ -67,6 +67,10 @@ parameters, or that fraction, cannot be honoured on tiles of that size (more poi
 larger than the tile, a fraction that keeps no pixel); the harness calls it for every masker and fraction of a grid
 (1.0 for a masker that ignores the fraction) before anything is trained. Parameters that are wrong whatever the tile
 (zero, negative, of the wrong type) raise :class:`UserError` when the masker is built.
+The masker says how a person would produce its labels with an attribute ``annotation``, a counter ``(partial[H, W])
+-> {unit: count}`` of the annotator's actions on one partial mask (:mod:`registry.annotation`: ``count_points``,
+``count_strokes``, ``count_regions``, ``block_counter(size)``, or one's own), from which the harness prices the cell's
+annotation.
 """
 
 DATASET_CONTRACT = """Datasets.
@@ -131,6 +135,9 @@ def _check_masker(name: str, masker: Any) -> None:
                                 f"not {inspect.signature(check)}") from None
         except ValueError:  # no inspectable signature: the call will say
             pass
+    if not callable(getattr(masker, "annotation", None)):
+        raise ContractError(f"masker {name!r} has no annotation counter (an attribute annotation: "
+                            "registry.annotation.count_points, count_strokes, count_regions, or one's own)")
 
 
 def _check_dataset(name: str, dataset: Any) -> None:

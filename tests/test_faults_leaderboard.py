@@ -46,7 +46,7 @@ def test_grid_names_that_a_file_name_would_merge_write_plots_of_their_own():
     names = ["exp 1", "exp_1", "exp/1", "Exp_1"]
     files = {file for name in names for file in [*plot_names("synthetic", name).values(),
                                                  *show_names("synthetic", name).values()]}
-    assert len(files) == 4 * len(names)
+    assert len(files) == 5 * len(names)
 
 
 def test_two_grids_of_one_name_in_two_folders_never_prune_each_other(tmp_path, capsys):

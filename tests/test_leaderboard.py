@@ -228,3 +228,32 @@ def test_no_summary_for_one_annotation_or_cells_that_differ_in_their_recipe():
     longer.config["recipe"] = {**longer.config["recipe"], "epochs": 30}
     assert summary_table([row("unet", 0, 0.5), longer]) is None
     assert "At a glance" not in render([row("unet", 0, 0.5), longer], store_path="s")
+
+
+def test_annotator_hours_rank_the_glance_and_get_a_column_where_cells_were_priced():
+    def cell(seed, best, masker, fraction, hours):
+        c = with_masker(row("unet", seed, best), masker, fraction)
+        c.metrics["labelled_fraction"] = fraction
+        if hours is not None:
+            c.metrics["annotation"] = {"counts": {"tile": 10, "point": 30}, "hours_per_1000_tiles": hours,
+                                       "seconds_per_unit": {"point": 2.4, "stroke": 0.0, "region": 79.0}}
+        return c
+
+    # random pixels label more pixels than blocks but cost more: the glance goes by hours
+    rows = [cell(0, 0.5, "random_pixels", 0.1, 270.0), cell(0, 0.55, "blocks", 0.2, 120.0),
+            cell(0, 0.45, "points_per_class", 0.003, 2.5), cell(1, 0.47, "points_per_class", 0.003, 2.7),
+            cell(0, 0.6, "full", 1.0, 350.0)]
+    text = render(rows, store_path="s")
+    table = summary_table(rows)
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
+        "points_per_class · 0.3 % · 2.6 ± 0.14 h", "blocks · 20 % · 120 h", "random_pixels · 10 % · 270 h",
+        "full · 100 % · 350 h"]
+    assert "annotation · labelled · annotator h / 1000 tiles" in table.splitlines()[0]
+    ranked = {line["masker"]: line for line in parse_tables(text)[0]}
+    assert ranked["points_per_class"]["annotator h / 1000 tiles"] == "2.6 ± 0.14"
+    assert ranked["full"]["annotator h / 1000 tiles"] == "350"
+    assert "priced at point 2.4 s, region 79 s (the rest 0" in text
+
+    unpriced = [with_masker(row("unet", 0, 0.5), "random_pixels", 0.1), with_masker(row("unet", 0, 0.6), "full", 1.0)]
+    text = render(unpriced, store_path="s")
+    assert "annotator h" not in text and "Annotator hours" not in text

@@ -12,6 +12,9 @@ from matplotlib.image import imread
 
 from bench.leaderboard import write_leaderboard
 from bench.plots import (
+    budget_frontier,
+    budget_frontier_plot,
+    budget_points,
     curve_series,
     efficiency_series,
     full_label_levels,
@@ -19,6 +22,7 @@ from bench.plots import (
     plot_names,
     safe_name,
     training_curves_plot,
+    write_plots,
 )
 from bench.store import CellRow
 
@@ -201,3 +205,42 @@ def test_safe_name_keeps_safe_names_and_never_gives_two_names_one_file():
     assert len({safe_name(name) for name in names}) == len(names)
     assert len({safe_name(name).lower() for name in names}) == len(names)  # also on a disk blind to case
     assert all(re.fullmatch(r"[a-z0-9_-][a-z0-9._-]*", safe_name(name)) for name in names)
+
+
+def priced_row(masker: str, fraction: float, seed: int, best: float, hours: float | None) -> CellRow:
+    """A finished cell whose annotation was priced at ``hours`` per 1000 tiles (None: stored before counts were)."""
+    cell = row("unet", seed, best, masker=masker, fraction=fraction)
+    if hours is not None:
+        cell.metrics["annotation"] = {"counts": {"tile": 1}, "seconds_per_unit": {}, "hours_per_1000_tiles": hours}
+    return cell
+
+
+def test_budget_points_pool_seeds_at_their_mean_hours_full_labels_included():
+    rows = [priced_row("points", 0.01, 0, 0.4, 2.0), priced_row("points", 0.01, 1, 0.5, 4.0),
+            priced_row("full", 1.0, 0, 0.6, 300.0), priced_row("free", 1.0, 0, 0.1, 0.0),
+            priced_row("old", 0.1, 0, 0.3, None)]
+    assert budget_points(rows) == {
+        "unet · partial_ce · full": [(300.0, 0.6, 0.0)],
+        "unet · partial_ce · points": [(3.0, 0.45, pytest.approx(statistics.stdev([0.4, 0.5])))]}
+
+
+def test_the_budget_frontier_keeps_each_point_that_beats_every_cheaper_one():
+    series = {"a · points": [(1.0, 0.40, 0.0), (10.0, 0.55, 0.0), (20.0, 0.52, 0.0)],
+              "a · full": [(300.0, 0.60, 0.01)], "a · random": [(50.0, 0.50, 0.0)], "a · blocks": [(1.0, 0.30, 0.0)]}
+    assert budget_frontier(series) == [(1.0, 0.40, "a · points"), (10.0, 0.55, "a · points"),
+                                       (300.0, 0.60, "a · full")]
+    assert budget_frontier({}) == []
+
+
+def test_the_budget_plot_is_written_only_for_tables_with_priced_cells(tmp_path):
+    priced = [priced_row("points", 0.01, 0, 0.4, 2.0), priced_row("full", 1.0, 0, 0.6, 300.0)]
+    unpriced = [row("unet", 0, 0.5, grid="old"), row("unet", 0, 0.6, fraction=0.2, grid="old")]
+    links = write_plots(priced + unpriced, tmp_path)
+    assert "annotation budget" in dict(links["synthetic", "g"]) and "annotation budget" not in dict(links["synthetic",
+                                                                                                         "old"])
+    figure = budget_frontier_plot(priced, tmp_path / "budget.png")
+    check_png(tmp_path / "budget.png")
+    ax = figure.axes[0]
+    assert ax.get_xscale() == "log"
+    (frontier,) = [line for line in ax.get_lines() if line.get_label().startswith("budget frontier")]
+    assert list(frontier.get_ydata()) == [0.4, 0.6, 0.6]

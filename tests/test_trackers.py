@@ -217,7 +217,7 @@ def test_the_leaderboard_and_its_plots_are_artifacts_of_the_grids_run(tracked):
     root = parent.info.artifact_uri
     assert [Path(a.path).name for a in list_artifacts(artifact_uri=root)] == ["leaderboard.md", "plots"]
     plots = sorted(path.name for path in (out / "plots").glob("*.png"))
-    assert len(plots) == 2
+    assert len(plots) == 3  # label efficiency, annotation budget, training curves
     assert sorted(Path(a.path).name for a in list_artifacts(artifact_uri=f"{root}/plots")) == plots
 
 

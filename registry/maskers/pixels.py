@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from registry import register_masker
+from registry.annotation import count_points, count_regions
 from registry.errors import UserError
 from registry.maskers._common import annotated_indices
 
@@ -15,6 +16,7 @@ class FullLabels:
     """Keeps every label: the fully supervised ceiling. The fraction is ignored."""
 
     uses_fraction = False
+    annotation = staticmethod(count_regions)
 
     def __call__(self, full_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
         return full_mask.to(torch.int64, copy=True)
@@ -32,6 +34,7 @@ class RandomPixels:
     """
 
     uses_fraction = True
+    annotation = staticmethod(count_points)  # each pixel is a click of its own
 
     def check(self, height: int, width: int, fraction: float = 1.0) -> None:
         """A fraction that rounds to no pixel of a tile would train on no label at all: refused."""

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from registry import register_masker
+from registry.annotation import count_points
 from registry.errors import UserError
 from registry.maskers._common import (
     annotated_indices,
@@ -32,6 +33,7 @@ class PointsPerImage:
     """
 
     uses_fraction = False
+    annotation = staticmethod(count_points)
 
     def __init__(self, count: int = 20):
         self.count = positive_int("points_per_image", "count", count)
@@ -69,6 +71,7 @@ class PointsPerClass:
     """
 
     uses_fraction = False
+    annotation = staticmethod(count_points)
 
     def __init__(self, k: int = 1, min_distance: float = 3):
         self.k = positive_int("points_per_class", "k", k)

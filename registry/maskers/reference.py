@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from registry import register_masker
+from registry.annotation import count_points
 from registry.errors import UserError
 from registry.maskers._common import check_fraction, keep, positive_int
 
@@ -32,6 +33,7 @@ class ReferencePixels:
     pixels (exactly ``int(fraction * pixels)`` of the source tile's), not an exact count of them."""
 
     uses_fraction = True
+    annotation = staticmethod(count_points)
     takes_tile_index = True  # called with the run seed and the tile's index instead of drawing from the generator
 
     def __init__(self, source_size: int | None = None):

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from registry import register_masker
+from registry.annotation import block_counter, count_regions
 from registry.errors import UserError
 from registry.maskers._common import check_fraction, keep, labels_of, positive_int
 
@@ -34,6 +35,7 @@ class Blocks:
 
     def __init__(self, size: int = 16):
         self.size = positive_int("blocks", "size", size)
+        self.annotation = block_counter(self.size)
 
     def check(self, height: int, width: int, fraction: float = 1.0) -> None:
         if self.size > min(height, width):
@@ -90,6 +92,7 @@ class Eroded:
     """
 
     uses_fraction = False
+    annotation = staticmethod(count_regions)  # the tile labelled in full, its boundaries left out after
 
     def __init__(self, width: int = 3):
         self.width = positive_int("eroded", "width", width)

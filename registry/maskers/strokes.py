@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from registry import register_masker
+from registry.annotation import count_strokes
 from registry.errors import UserError
 from registry.maskers._common import depth, keep, labels_of, positive_int
 
@@ -70,6 +71,7 @@ class Scribbles:
     """
 
     uses_fraction = False
+    annotation = staticmethod(count_strokes)
 
     def __init__(self, count: int = 1, width: int = 3, min_area: int = 16):
         self.count = positive_int("scribbles", "count", count)

@@ -32,6 +32,12 @@ class CenterPoints:
             raise UserError(f"masker 'center_points': radius must be a non-negative integer, not {radius!r}")
         self.radius = int(radius)
 
+    @staticmethod
+    def annotation(partial: np.ndarray) -> dict[str, int]:
+        """What an annotator does for it (registry.annotation prices it): one click per class, at its square's
+        centre (the square follows from the click)."""
+        return {"point": len(np.unique(partial[partial >= 0]))}
+
     def __call__(self, full_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
         if full_mask.dim() != 2:
             raise ValueError(f"a masker takes one mask [H, W], not a tensor of shape {tuple(full_mask.shape)}")
