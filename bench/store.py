@@ -245,24 +245,23 @@ class ResultStore:
 
     def record_scene_scores(self, cell_id: str, scene: dict) -> None:
         """Keep a finished cell's scores over whole scenes (``bench predict --labels``) in its metrics, under
-        ``"scene"``: the latest scoring replaces an earlier one; the cell's own figures are left as they are."""
-        row = self.get(cell_id)
-        if row is None or row.status != "done":
-            raise UserError(f"cell {cell_id} is not a finished cell of {self.path}: its scene scores are not stored")
-        with self._reporting(), self._db:
-            self._db.execute("UPDATE cells SET metrics = ?, updated_at = ? WHERE cell_id = ? AND status = 'done'",
-                             (_json({**row.metrics, "scene": scene}), _now(), cell_id))
+        ``"scene"``: the latest scoring replaces an earlier one."""
+        self._add_to_finished(cell_id, "scene", scene, "scene scores")
 
     def record_annotation(self, cell_id: str, annotation: dict) -> None:
         """Keep a finished cell's annotation, its counts and their price (registry.annotation.priced), in its
         metrics under ``"annotation"``: counted anew for a cell stored before annotation was, or priced at another
-        table; the cell's own figures are left as they are."""
+        table."""
+        self._add_to_finished(cell_id, "annotation", annotation, "annotation")
+
+    def _add_to_finished(self, cell_id: str, key: str, value: dict, what: str) -> None:
+        """Set ``metrics[key]`` of a finished cell; the cell's own figures are left as they are."""
         row = self.get(cell_id)
         if row is None or row.status != "done":
-            raise UserError(f"cell {cell_id} is not a finished cell of {self.path}: its annotation is not stored")
+            raise UserError(f"cell {cell_id} is not a finished cell of {self.path}: not storing its {what}")
         with self._reporting(), self._db:
             self._db.execute("UPDATE cells SET metrics = ?, updated_at = ? WHERE cell_id = ? AND status = 'done'",
-                             (_json({**row.metrics, "annotation": annotation}), _now(), cell_id))
+                             (_json({**row.metrics, key: value}), _now(), cell_id))
 
     def fail(self, cell_id: str, error: str) -> None:
         self._update(cell_id, "status = 'failed', error = ?", error)
