@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -42,16 +42,16 @@ PUBLISHED_COSTS: dict[str, float] = {
 UNITS = tuple(PUBLISHED_COSTS)
 
 
-def _pieces(partial: np.ndarray) -> list[tuple[np.ndarray, int]]:
-    """For each class in ``partial``: its labelled pixels' connected (8-neighbour) pieces, as cv2's component image
-    (0 outside) and their count."""
-    found = []
+def _is_amount(value: object) -> bool:
+    """A count or a number of seconds: a real number, 0 or more, finite (a bool is no number here)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and 0 <= value < math.inf
+
+
+def _class_masks(partial: np.ndarray) -> Iterator[np.ndarray]:
+    """uint8 ``[H, W]``, 1 on the labelled pixels of each class of ``partial`` in turn."""
     for value in np.unique(partial):
-        if value < 0:
-            continue
-        count, components = cv2.connectedComponents((partial == value).astype(np.uint8), connectivity=8)
-        found.append((components, count - 1))
-    return found
+        if value >= 0:
+            yield (partial == value).astype(np.uint8)
 
 
 def count_points(partial: np.ndarray) -> Counts:
@@ -61,7 +61,8 @@ def count_points(partial: np.ndarray) -> Counts:
 
 def count_regions(partial: np.ndarray) -> Counts:
     """Dense annotation: each connected piece of one class is a region outlined, each of its pixels labelled."""
-    return {"region": sum(count for _, count in _pieces(partial)), "dense_pixel": int(np.count_nonzero(partial >= 0))}
+    regions = sum(cv2.connectedComponents(inside, connectivity=8)[0] - 1 for inside in _class_masks(partial))
+    return {"region": regions, "dense_pixel": int(np.count_nonzero(partial >= 0))}
 
 
 def count_strokes(partial: np.ndarray) -> Counts:
@@ -69,15 +70,17 @@ def count_strokes(partial: np.ndarray) -> Counts:
     area over the side of the widest square brush that fits inside it (exact for a straight stroke along a row or a
     column; a diagonal one comes out up to twice its centre line's pixel count)."""
     strokes, length = 0, 0.0
-    for components, count in _pieces(partial):
-        for index in range(1, count + 1):
-            piece = (components == index).astype(np.uint8)
+    for inside in _class_masks(partial):
+        count, components, stats, _ = cv2.connectedComponentsWithStats(inside, connectivity=8)
+        for index in range(1, count):
+            left, top, width, height, area = stats[index]
+            piece = (components[top:top + height, left:left + width] == index).astype(np.uint8)  # its box only
             brush = 1
-            while cv2.erode(piece, np.ones((brush + 1, brush + 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                            borderValue=0).any():
+            while brush < min(width, height) and cv2.erode(piece, np.ones((brush + 1, brush + 1), np.uint8),
+                                                           borderType=cv2.BORDER_CONSTANT, borderValue=0).any():
                 brush += 1
-            length += int(piece.sum()) / brush
-        strokes += count
+            length += int(area) / brush
+        strokes += count - 1
     return {"stroke": strokes, "stroke_pixel": length}
 
 
@@ -113,7 +116,7 @@ def check_costs(table: object, counted: Mapping[str, str] | None = None) -> dict
     for unit, seconds in table.items():
         if unit not in known:
             raise CostError(f"[annotation_cost] has no unit {unit!r}; the units are {', '.join(known)}", unit)
-        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 <= seconds < math.inf:
+        if not _is_amount(seconds):
             raise CostError(f"[annotation_cost] {unit} must be a number of seconds, 0 or more, not {seconds!r}", unit)
     for unit, masker in counted.items():
         if unit not in table:
@@ -133,7 +136,7 @@ def tally(counter: Counter, masks: np.ndarray) -> Counts:
     totals: Counts = {"tile": len(masks)}
     for partial in masks:
         for unit, count in counter(np.asarray(partial)).items():
-            if isinstance(count, bool) or not isinstance(count, numbers.Real) or not 0 <= count < math.inf:
+            if not _is_amount(count):
                 raise ValueError(f"the annotation counter {counter!r} gave {unit} = {count!r}, not a count")
             totals[unit] = totals.get(unit, 0) + count
     return totals

@@ -226,6 +226,21 @@ def test_a_plugins_own_unit_must_be_priced_by_the_grid(tmp_path, capsys):
         registry.MASKERS._entries.pop("box_masker", None)
 
 
+def test_a_plugins_counter_that_fails_is_named_in_one_line(tmp_path, capsys):
+    (tmp_path / "box_plugin.py").write_text(BOX_PLUGIN.replace('return {"box"', 'return {"box": 1 // 0, "x"'))
+    grid = tmp_path / "g.toml"
+    grid.write_text(synthetic_grid(maskers='"box_masker"'))
+    try:
+        code = main(["run", "--grid", str(grid), "--plugin", str(tmp_path / "box_plugin.py"), "--dry-run",
+                     "--out", str(tmp_path / "runs")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert ("masker 'box_masker': its annotation counter fails on a tile with no label: ZeroDivisionError"
+                in err and f"{grid} line" in err)
+    finally:
+        registry.MASKERS._entries.pop("box_masker", None)
+
+
 def stored(out) -> dict[str, dict]:
     with ResultStore(out / "results.sqlite", readonly=True) as store:
         return {row.cell_id: row for row in store.rows()}
