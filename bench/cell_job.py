@@ -24,6 +24,7 @@ import torch
 
 import registry
 from bench import checkpoints
+from bench.acquisition import ActiveRounds
 from bench.data import annotated_pixels, partial_masks
 from bench.identity import Cell, Grid
 from bench.provenance import provenance
@@ -32,6 +33,7 @@ from bench.whole_scenes import WholeTestScenes
 from registry.annotation import priced, tally
 from registry.errors import where_raised
 from registry.locks import writers_lock
+from registry.maskers.active import Acquisition
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class GridData:
         self._masks: np.ndarray | None = None
         self._train_annotated: int | None = None
         self._annotation: dict[str, float] = {}  # what an annotator did for those masks (registry.annotation)
+        self._acquisition: Acquisition | None = None  # an active masker's rounds: those masks are its start masks
 
     def tile_shape(self) -> tuple[int, int, int]:
         images, _ = self.dataset.split("val")
@@ -89,6 +92,7 @@ class GridData:
             self._masks, self._masks_key = partial_masks(train_full, masker, cell.fraction, cell.seed), key
             self._train_annotated = annotated_pixels(train_full)  # "labelled %" is a share of these
             self._annotation = tally(masker.annotation, self._masks)
+            self._acquisition = getattr(masker, "acquisition", None)
 
     def annotation(self, cell: Cell) -> dict[str, Any]:
         """The cell's annotation priced at the grid's costs, as training stores it: for a finished cell stored
@@ -96,17 +100,30 @@ class GridData:
         self._draw_masks(cell)
         return priced(self._annotation, self.grid.annotation_cost)
 
+    def start_keeps_labels(self, cell: Cell, sample: int = 16) -> bool:
+        """Whether the cell's masker labels any pixel of the training split: asked of its first ``sample`` tiles,
+        and of all of them only when those have no label (an active cell's start masks must give round 0 some)."""
+        _, train_full = self.dataset.split("train")
+        masker = registry.create_masker(cell.masker.name, **cell.masker.kwargs)
+        if (partial_masks(train_full[:sample], masker, cell.fraction, cell.seed) >= 0).any():
+            return True
+        self._draw_masks(cell)
+        return bool((self._masks >= 0).any())
+
     def for_cell(self, cell: Cell) -> CellData:
-        train_images, _ = self.dataset.split("train")
+        train_images, train_full = self.dataset.split("train")
         val_images, val_masks = self.dataset.split("val")
         self._draw_masks(cell)
+        rounds = None
+        if self._acquisition is not None:
+            rounds = ActiveRounds(self._acquisition, train_full, self._annotation, self.grid.annotation_cost)
         test_images = test_masks = None
         if "test" in self.dataset.splits:
             test_images, test_masks = self.dataset.split("test")
         return CellData(train_images, self._masks, val_images, val_masks, self.dataset.num_classes,
                         tuple(self.dataset.mean), tuple(self.dataset.std), test_images, test_masks,
                         self._train_annotated, WholeTestScenes.of(self.dataset),
-                        priced(self._annotation, self.grid.annotation_cost))
+                        priced(self._annotation, self.grid.annotation_cost), rounds)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ both stages. When a grid file is read (:func:`bench.grid.parse_grid`), what the 
 built with its arguments. Once the grid's dataset is built (:func:`check_grid`, which a run and a dry run both call
 before the store is touched), what needs its tiles: the architectures' size divisors against the tile sides, the class
 weights against the class count, the losses with those weights, what each masker can honour on tiles of this size,
-and that no split is left with no annotated pixel at all.
+that an active masker's start masks label some pixel, and that no split is left with no annotated pixel at all.
 """
 
 from __future__ import annotations
@@ -77,4 +77,9 @@ def check_grid(grid: Grid) -> GridData:
         check = getattr(built, "check", None)
         if check is not None:  # optional: refuses parameters or a fraction a tile of this size cannot honour
             build_checked(lambda: check(height, width, fraction), "masker", masker, place)
+        if hasattr(built, "acquisition"):  # round 0 trains on the start masks: they must label something
+            cell = next(c for c in grid.cells if c.masker.label == masker.label and c.fraction == fraction)
+            if not data.start_keeps_labels(cell):
+                raise UserError(f"{place}: masker {masker.label!r}: its start masker labels no pixel of the "
+                                f"training split (seed {cell.seed}): round 0 would have nothing to train on")
     return data

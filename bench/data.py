@@ -30,7 +30,7 @@ from bench.recipe import (
 
 UNLABELLED = -1
 # Each use of randomness draws from its own stream: derive_seed(run seed, purpose, ...).
-MASK_STREAM, ORDER_STREAM, AUGMENT_STREAM = 0, 1, 2
+MASK_STREAM, ORDER_STREAM, AUGMENT_STREAM, ACQUIRE_STREAM = 0, 1, 2, 3
 AUGMENTATIONS = {  # the recipe's augmentations (bench.recipe.AUGMENTATIONS), each as albumentations draws it
     HFLIP: lambda: A.HorizontalFlip(p=AUGMENT_P[HFLIP]),
     VFLIP: lambda: A.VerticalFlip(p=AUGMENT_P[VFLIP]),

@@ -272,6 +272,30 @@ def _table(rows: list[CellRow]) -> str:
     return markdown_table(lines, headers)
 
 
+def rounds_table(rows: list[CellRow]) -> str | None:
+    """Active cells round by round: what each round was trained with (labelled share, annotator hours) and its best
+    mIoU, mean ± std over seeds; None when the table has no active cell."""
+    groups: dict[str, list[CellRow]] = defaultdict(list)
+    for row in rows:
+        if row.metrics.get("rounds"):
+            groups[_experiment_key(row)].append(row)
+    if not groups:
+        return None
+    lines = []
+    for group in sorted(groups.values(), key=lambda g: (g[0].config["masker"]["label"], g[0].config["arch"]["label"],
+                                                        g[0].config["loss"]["label"])):
+        first = group[0].config
+        seeds = ", ".join(str(r.config["seed"]) for r in sorted(group, key=lambda r: r.config["seed"]))
+        for index in range(min(len(r.metrics["rounds"]) for r in group)):
+            rounds = [r.metrics["rounds"][index] for r in group]
+            lines.append([first["arch"]["label"], first["loss"]["label"], first["masker"]["label"], index,
+                          mean_std([100 * x["labelled_fraction"] for x in rounds], 2),
+                          hours_text([x["annotation"]["hours_per_1000_tiles"] for x in rounds]), seeds,
+                          mean_std([x["best_miou"] for x in rounds])])
+    return markdown_table(lines, ["architecture", "loss", "masker", "round", "labelled %", "annotator h / 1000 tiles",
+                                  "seeds", "best mIoU"])
+
+
 def _test_note(rows: list[CellRow]) -> str:
     if not has_test(rows):
         return ""
@@ -389,6 +413,12 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
             _table(table_rows),
             "",
         ]
+        rounds = rounds_table(table_rows)
+        if rounds is not None:
+            caption = ("Active annotation rounds: round 0 trains on the start masker's labels; after each round the "
+                       "cell's model picks the pixels labelled next (docs/active-rounds.md). Each round's best "
+                       "mIoU, with the labels it was trained with; the rows above give the last round's.")
+            out += [caption, "", rounds, ""]
         images = (plots or {}).get((dataset, grid), [])
         if images:
             out += [" ".join(f"![{alt}]({link})" for alt, link in images), ""]

@@ -181,22 +181,31 @@ def label_efficiency_plot(rows: Iterable[CellRow], path: Path) -> Figure:
 def budget_points(rows: Iterable[CellRow]) -> dict[str, list[tuple[float, float, float]]]:
     """``{architecture · loss · masker: [(annotator hours per 1000 tiles, mean best mIoU, std), ...]}`` over the
     cells whose annotation is priced (registry.annotation), full labels included: seeds of a cell (same line, same
-    configured fraction) make one point, at the mean of their hours. Points at no cost are left out (a log axis
-    cannot show them). Points sorted by hours, lines by label."""
-    points: dict[str, dict[float, list[CellRow]]] = defaultdict(lambda: defaultdict(list))
+    configured fraction) make one point, at the mean of their hours; an active cell makes one point per round, with
+    the labels that round was trained with. Points at no cost are left out (a log axis cannot show them). Points
+    sorted by hours, lines by label."""
+    points: dict[str, dict[tuple, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for row in _finished(rows):
-        if (row.metrics.get("annotation") or {}).get("hours_per_1000_tiles") is not None:
-            points[efficiency_label(row)][row.config["fraction"]].append(row)
+        stages = row.metrics.get("rounds") or [row.metrics]  # each with its best_miou and priced annotation
+        for index, stage in enumerate(stages):
+            hours = (stage.get("annotation") or {}).get("hours_per_1000_tiles")
+            if hours is not None:
+                points[efficiency_label(row)][row.config["fraction"], index].append((hours, stage["best_miou"]))
     series = {}
     for label in sorted(points):
         line = []
         for group in points[label].values():
-            hours = statistics.mean(r.metrics["annotation"]["hours_per_1000_tiles"] for r in group)
+            hours = statistics.mean(h for h, _ in group)
             if hours > 0:
-                line.append((hours, *_mean_std([r.metrics["best_miou"] for r in group])))
+                line.append((hours, *_mean_std([miou for _, miou in group])))
         if line:
             series[label] = sorted(line)
     return series
+
+
+def active_labels(rows: Iterable[CellRow]) -> set[str]:
+    """The budget lines (:func:`budget_points`) of active cells, whose points are one cell's rounds."""
+    return {efficiency_label(row) for row in _finished(rows) if row.metrics.get("rounds")}
 
 
 def budget_frontier(series: dict[str, list[tuple[float, float, float]]]) -> list[tuple[float, float, str]]:
@@ -214,17 +223,20 @@ def budget_frontier(series: dict[str, list[tuple[float, float, float]]]) -> list
 def budget_frontier_plot(rows: Iterable[CellRow], path: Path) -> Figure:
     """Best validation mIoU against annotator hours per 1000 training tiles (log axis): a point per cell (seeds
     pooled; error bars the standard deviation over seeds), in one colour per architecture · loss and one marker per
-    masker, and the budget frontier (:func:`budget_frontier`) as a black step line. Returns the figure."""
+    masker, an active cell's rounds joined by a dotted line, and the budget frontier (:func:`budget_frontier`) as
+    a black step line. Returns the figure."""
     rows = list(rows)
     series = budget_points(rows)
     figure = _new_figure(len(series) + 1)
     ax = figure.add_subplot()
     colours = {key: f"C{i % 10}" for i, key in enumerate(sorted({k.rsplit(SEP, 1)[0] for k in series}))}
     maskers = sorted({label.rsplit(SEP, 1)[1] for label in series})
+    rounds = active_labels(rows)
     for label, points in series.items():
         arch_loss, masker = label.rsplit(SEP, 1)
         x, y, err = zip(*points, strict=True)
-        ax.errorbar(x, y, yerr=err if any(err) else None, label=label, color=colours[arch_loss], linestyle="none",
+        ax.errorbar(x, y, yerr=err if any(err) else None, label=label + (" (rounds)" if label in rounds else ""),
+                    color=colours[arch_loss], linestyle=":" if label in rounds else "none",
                     marker=MARKERS[maskers.index(masker) % len(MARKERS)], capsize=3)
     frontier = budget_frontier(series)
     if frontier:

@@ -121,6 +121,10 @@ def run_cells(grid: Grid, data: GridData, out: OutputFolder, store: ResultStore,
                 store.record_annotation(row.cell_id, data.annotation(cell))
             elif annotation["seconds_per_unit"] != grid.annotation_cost:  # the grid's [annotation_cost] is new
                 store.record_annotation(row.cell_id, priced(annotation["counts"], grid.annotation_cost))
+                if row.metrics.get("rounds"):  # an active cell's rounds, each at the new prices
+                    store.record_rounds(row.cell_id, [
+                        {**stage, "annotation": priced(stage["annotation"]["counts"], grid.annotation_cost)}
+                        for stage in row.metrics["rounds"]])
         else:
             todo.append(cell)
     events.grid_started(grid, todo, len(summary.skipped))

@@ -254,6 +254,10 @@ class ResultStore:
         table."""
         self._add_to_finished(cell_id, "annotation", annotation, "annotation")
 
+    def record_rounds(self, cell_id: str, rounds: list[dict]) -> None:
+        """Keep a finished active cell's rounds (bench.acquisition.ActiveRounds.summaries), priced anew."""
+        self._add_to_finished(cell_id, "rounds", rounds, "rounds")
+
     def _add_to_finished(self, cell_id: str, key: str, value: dict, what: str) -> None:
         """Set ``metrics[key]`` of a finished cell; the cell's own figures are left as they are."""
         row = self.get(cell_id)

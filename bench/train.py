@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 
 import registry
 from bench import checkpoints, distributed
+from bench.acquisition import ActiveRounds, acquire, final_round, with_picks
 from bench.batches import DeviceBatches, LoaderBatches, TrainBatches
 from bench.data import AugmentedTiles, Normalizer, class_counts
 from bench.device import Precision, choose_precision, clock, peak_memory_mb
@@ -60,6 +61,7 @@ class CellData:
     train_annotated: int | None = None  # annotated pixels of the full training masks; None: every pixel is
     test_scenes: WholeTestScenes | None = None  # whole scenes scored with the best weights after the test split
     annotation: dict[str, Any] | None = None  # the partial masks' annotation, priced (registry.annotation.priced)
+    rounds: ActiveRounds | None = None  # an active cell's acquisition; then train_masks are its start masks
 
     @property
     def has_test(self) -> bool:
@@ -116,6 +118,11 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     driver removes it once the result is stored, so that no instant exists where neither holds the finished work.
     ``best.pt`` is written before returning.
 
+    An active cell (``data.rounds``) trains the recipe's epochs once per round; between rounds the model picks the
+    pixels that are labelled next (:mod:`bench.acquisition`), and the picks join the resume state at once, so that a
+    run stopped in a round resumes it with the same picks. Its figures are its last round's; ``metrics["rounds"]``
+    holds each round's.
+
     Over several processes every rank calls this with the same cell and data; only rank 0 calls the callbacks."""
     recipe = cell.recipe
     rank, world_size = distributed.world()
@@ -127,23 +134,19 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
     model, forward, evaluated = build_model(cell.arch, data.num_classes, data.train_images.shape[-1], device,
                                             compile=recipe["compile"], data_parallel=world_size > 1,
                                             sync_batchnorm=recipe["sync_batchnorm"])
-    class_weights = recipe["class_weights"]
-    if isinstance(class_weights, str):  # a weighting: from the classes of the pixels this cell is given labels of
-        class_weights = weights_from_counts(class_weights, class_counts(data.train_masks, data.num_classes))
-    loss_fn = registry.create_loss(cell.loss.name, **cell.loss.kwargs, weight=class_weights)
+    active = data.rounds
+    initial_weights = ({name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+                       if active is not None and active.settings.restart else None)
+    rounds = 1 if active is None else active.settings.rounds + 1
+    epochs = recipe["epochs"]  # per round
     regularizers = build_regularizers(cell)
     precision = choose_precision(device, recipe["amp"])
     normalize = Normalizer(data.mean, data.std, device)
-    batches, data_path = training_batches(cell, data, normalize)
-    val_images, val_masks = eval_tiles(data.val_images, data.val_masks, data_path, device)
-    optimizer = build_optimizer(model, recipe, device)
-    schedule = build_schedule(optimizer, recipe, len(batches))
     eval_batch = eval_batch_size(recipe)
-    total_steps = max(1, recipe["epochs"] * len(batches))
 
     history: list[dict[str, Any]] = []
-    start_epoch = 0
-    best: dict[str, Any] | None = None  # the best epoch so far: {"epoch", "miou", "model"} (weights on the CPU)
+    start_epoch, round_index, picks = 0, 0, []
+    best: dict[str, Any] | None = None  # the round's best epoch so far: {"epoch", "miou", "model"} (CPU weights)
     # Rank 0 first: it sets a damaged file aside (and says so) before the other ranks look.
     if rank == 0:
         state = checkpoints.load_resume_state(checkpoint_dir, cell.cell_id, device, on_warning)
@@ -152,82 +155,82 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         state = checkpoints.load_resume_state(checkpoint_dir, cell.cell_id, device, lambda message: None)
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        round_index, picks = state.get("round", 0), [p.cpu().numpy() for p in state.get("picks", [])]
+    stage = Stage(cell, data, model, picks, normalize)
+    val_images, val_masks = eval_tiles(data.val_images, data.val_masks, stage.data_path, device)
+    if state is not None:
+        stage.optimizer.load_state_dict(state["optimizer"])
+        stage.schedule.load_state_dict(state["schedule"])
         if precision.scaler is not None and state.get("scaler"):
             precision.scaler.load_state_dict(state["scaler"])
         history, start_epoch, best = state["history"], state["epoch"], state["best"]
-        best["model"] = {name: tensor.cpu() for name, tensor in best["model"].items()}
+        if best is not None:
+            best["model"] = {name: tensor.cpu() for name, tensor in best["model"].items()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    first_step_seconds = None
-    for epoch in range(start_epoch, recipe["epochs"]):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        reg_sums = torch.zeros(len(regularizers), device=device)
-        started = clock(device)
-        for step, (images, target) in enumerate(batches.epoch(epoch)):
-            with precision.autocast():
-                outputs = forward(images)
-                loss = supervised_loss(loss_fn, outputs, target) * distributed.supervised_loss_weight(target)
-                if regularizers:
-                    progress = (epoch * len(batches) + step) / total_steps
-                    terms = regularizer_terms(regularizers, outputs, target, images, progress, forward)
-                    loss = loss + sum(w * term for (_, w, _), term in zip(regularizers, terms))
-                    reg_sums += torch.stack([term.detach().float() for term in terms])
-            backward_and_step(loss, optimizer, precision)
-            schedule.step()
-            loss_sum += loss.detach()
-            if first_step_seconds is None:  # compilation and cuDNN autotuning happen here: reported apart
-                first_step_seconds = clock(device) - started
-            if rank == 0:
-                on_step(step + 1, len(batches))
-        train_seconds = clock(device) - started
-        if world_size > 1:  # the ranks' weighted losses averaged: the mean over the batches' labelled pixels
-            sums = distributed.all_reduce_sum(torch.cat([loss_sum.view(1), reg_sums.to(loss_sum.dtype)]))
-            loss_sum, reg_sums = sums[0] / world_size, sums[1:] / world_size
-            distributed.broadcast_buffers(model)  # evaluate, on every rank, the model that rank 0 checkpoints
-        train_loss = float(loss_sum) / len(batches)  # one synchronisation per epoch, not per step
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {recipe['lr']})")
-
-        started = clock(device)
-        result = evaluate(evaluated, val_images, val_masks, data.num_classes, normalize, eval_batch, precision)
-        eval_seconds = clock(device) - started
-        history.append({
-            "epoch": epoch + 1, "train_loss": train_loss, "miou": result["miou"], "accuracy": result["accuracy"],
-            "iou": result["iou"], "per_batch_miou": result["per_batch_miou"],
-            "confusion_matrix": result["confusion_matrix"], "lr": schedule.get_last_lr()[0],
-            "train_seconds": train_seconds, "eval_seconds": eval_seconds, "resumed": epoch == start_epoch > 0,
-        })
-        if regularizers:  # the mean unweighted value of each regulariser over the epoch
-            history[-1]["regularizers"] = {name: float(value) / len(batches)
-                                           for (name, _, _), value in zip(regularizers, reg_sums.cpu())}
-        if best is None or result["miou"] >= best["miou"]:  # every rank keeps it: the same weights everywhere
-            weights = model.state_dict().items()
-            best = {"epoch": epoch + 1, "miou": result["miou"],
-                    "model": {name: tensor.detach().to("cpu", copy=True) for name, tensor in weights}}
+    def save_state(epoch: int) -> None:
         if rank == 0:  # the other ranks read last.pt to resume: after the barrier
             checkpoints.save_resume_state(
-                {"cell_id": cell.cell_id, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "scaler": precision.scaler.state_dict() if precision.scaler is not None else None, "best": best},
+                {"cell_id": cell.cell_id, "epoch": epoch, "history": history, "model": model.state_dict(),
+                 "optimizer": stage.optimizer.state_dict(), "schedule": stage.schedule.state_dict(),
+                 "scaler": precision.scaler.state_dict() if precision.scaler is not None else None, "best": best,
+                 **({"round": round_index, "picks": [torch.from_numpy(p) for p in picks]} if active else {})},
                 checkpoint_dir)
-            on_epoch(history)
+
+    first_step_seconds = None
+    while True:
+        for epoch in range(max(start_epoch, round_index * epochs), (round_index + 1) * epochs):
+            train_loss, reg_means, train_seconds, first = train_epoch(
+                stage, model, forward, regularizers, precision, epoch, epoch - round_index * epochs, on_step)
+            first_step_seconds = first_step_seconds if first_step_seconds is not None else first
+            started = clock(device)
+            result = evaluate(evaluated, val_images, val_masks, data.num_classes, normalize, eval_batch, precision)
+            eval_seconds = clock(device) - started
+            history.append({
+                "epoch": epoch + 1, "train_loss": train_loss, "miou": result["miou"], "accuracy": result["accuracy"],
+                "iou": result["iou"], "per_batch_miou": result["per_batch_miou"],
+                "confusion_matrix": result["confusion_matrix"], "lr": stage.schedule.get_last_lr()[0],
+                "train_seconds": train_seconds, "eval_seconds": eval_seconds, "resumed": epoch == start_epoch > 0,
+                **({"round": round_index} if active else {}),
+            })
+            if regularizers:  # the mean unweighted value of each regulariser over the epoch
+                history[-1]["regularizers"] = reg_means
+            if best is None or result["miou"] >= best["miou"]:  # every rank keeps it: the same weights everywhere
+                weights = model.state_dict().items()
+                best = {"epoch": epoch + 1, "miou": result["miou"],
+                        "model": {name: tensor.detach().to("cpu", copy=True) for name, tensor in weights}}
+            save_state(epoch + 1)
+            if rank == 0:
+                on_epoch(history)
+            distributed.barrier()
+        if round_index + 1 == rounds:
+            break
+        # The round is over: the model picks the next round's pixels, which are kept before anything trains on them.
+        round_index += 1
+        picks.append(acquire(evaluated, data.train_images, stage.masks, active.full_masks, active.settings,
+                             round_index, cell.seed, data.num_classes, normalize, eval_batch, precision))
+        if initial_weights is not None:
+            model.load_state_dict(initial_weights)
+        stage = Stage(cell, data, model, picks, normalize)
+        best = None
+        save_state(round_index * epochs)
         distributed.barrier()
 
     # the images an epoch trains on: fewer than its steps' batches hold when the split is smaller than one batch
-    images_per_epoch = min(len(data.train_images), len(batches) * recipe["batch_size"])
-    metrics = summarize(history, data, images_per_epoch, precision.name)
-    metrics.update(data_path=data_path, compiled=recipe["compile"], first_step_seconds=first_step_seconds)
-    if isinstance(recipe["class_weights"], str):  # the weights it came to
-        metrics["class_weights"] = class_weights
+    images_per_epoch = min(len(data.train_images), len(stage.batches) * recipe["batch_size"])
+    finished = data if active is None else replace(data, train_masks=stage.masks, annotation=active.priced(picks))
+    metrics = summarize(history, finished, images_per_epoch, precision.name)
+    metrics.update(data_path=stage.data_path, compiled=recipe["compile"], first_step_seconds=first_step_seconds)
+    if active is not None:
+        metrics["rounds"] = active.summaries(history, picks, data.train_masks, data.train_annotated)
+    if isinstance(recipe["class_weights"], str):  # the weights it came to (in the last round)
+        metrics["class_weights"] = stage.class_weights
     if rank == 0:
         checkpoints.write({"cell_id": cell.cell_id, "config": cell.config, "epoch": best["epoch"],
                            "miou": best["miou"], "model": best["model"]}, checkpoint_dir / checkpoints.BEST)
     if data.has_test:  # a run stopped here resumes with the test evaluation, without training again
-        test_images, test_masks = eval_tiles(data.test_images, data.test_masks, data_path, device)
+        test_images, test_masks = eval_tiles(data.test_images, data.test_masks, stage.data_path, device)
         metrics.update(evaluate_best_on_test(model, evaluated, best, (test_images, test_masks),
                                              data.num_classes, normalize, eval_batch, precision))
     if data.test_scenes is not None and rank == 0:  # like the test split: again, after a stop here
@@ -236,6 +239,66 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         metrics["scene"] = data.test_scenes.score(evaluated, normalize, precision, eval_batch, data.train_images)
     metrics["peak_memory_mb"], metrics["peak_memory_kind"] = peak_memory_mb(device)
     return history, metrics
+
+
+class Stage:
+    """What one round of a cell trains with: its partial masks (the start masks with the picks so far), the loss
+    (class weights from those masks' labelled pixels, when the recipe names a weighting), the batches, and a fresh
+    optimizer and learning-rate schedule for the round's epochs."""
+
+    def __init__(self, cell: Cell, data: CellData, model: torch.nn.Module, picks: list[np.ndarray],
+                 normalize: Normalizer):
+        recipe = cell.recipe
+        self.masks = with_picks(data.train_masks, data.rounds.full_masks, picks) if picks else data.train_masks
+        self.class_weights = recipe["class_weights"]
+        if isinstance(self.class_weights, str):  # a weighting: from the classes of the pixels the cell has labels of
+            self.class_weights = weights_from_counts(self.class_weights, class_counts(self.masks, data.num_classes))
+        self.loss_fn = registry.create_loss(cell.loss.name, **cell.loss.kwargs, weight=self.class_weights)
+        self.batches, self.data_path = training_batches(cell, replace(data, train_masks=self.masks), normalize)
+        self.optimizer = build_optimizer(model, recipe, normalize.device)
+        self.schedule = build_schedule(self.optimizer, recipe, len(self.batches))
+        self.total_steps = max(1, recipe["epochs"] * len(self.batches))
+        self.device, self.lr = normalize.device, recipe["lr"]
+
+
+def train_epoch(stage: Stage, model: torch.nn.Module, forward, regularizers, precision: Precision, epoch: int,
+                round_epoch: int, on_step: Callable[[int, int], None]) -> tuple[float, dict[str, float], float, float]:
+    """One epoch of ``stage``'s batches (epoch ``epoch`` of the cell, ``round_epoch`` of its round) by ``forward``
+    (``model`` as it trains): the mean training loss, each regulariser's mean unweighted value, the epoch's seconds
+    and its first step's (compilation and cuDNN autotuning happen there: reported apart)."""
+    device, batches = stage.device, stage.batches
+    rank, world_size = distributed.world()
+    loss_sum = torch.zeros((), device=device)
+    reg_sums = torch.zeros(len(regularizers), device=device)
+    model.train()
+    started = clock(device)
+    first_step_seconds = None
+    for step, (images, target) in enumerate(batches.epoch(epoch)):
+        with precision.autocast():
+            outputs = forward(images)
+            loss = supervised_loss(stage.loss_fn, outputs, target) * distributed.supervised_loss_weight(target)
+            if regularizers:
+                progress = (round_epoch * len(batches) + step) / stage.total_steps
+                terms = regularizer_terms(regularizers, outputs, target, images, progress, forward)
+                loss = loss + sum(w * term for (_, w, _), term in zip(regularizers, terms))
+                reg_sums += torch.stack([term.detach().float() for term in terms])
+        backward_and_step(loss, stage.optimizer, precision)
+        stage.schedule.step()
+        loss_sum += loss.detach()
+        if first_step_seconds is None:
+            first_step_seconds = clock(device) - started
+        if rank == 0:
+            on_step(step + 1, len(batches))
+    train_seconds = clock(device) - started
+    if world_size > 1:  # the ranks' weighted losses averaged: the mean over the batches' labelled pixels
+        sums = distributed.all_reduce_sum(torch.cat([loss_sum.view(1), reg_sums.to(loss_sum.dtype)]))
+        loss_sum, reg_sums = sums[0] / world_size, sums[1:] / world_size
+        distributed.broadcast_buffers(model)  # evaluate, on every rank, the model that rank 0 checkpoints
+    train_loss = float(loss_sum) / len(batches)  # one synchronisation per epoch, not per step
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {stage.lr})")
+    reg_means = {name: float(value) / len(batches) for (name, _, _), value in zip(regularizers, reg_sums.cpu())}
+    return train_loss, reg_means, train_seconds, first_step_seconds
 
 
 def check_shares(batch_size: int, train_tiles: int, world_size: int) -> None:
@@ -289,8 +352,10 @@ def eval_tiles(images: np.ndarray, masks: np.ndarray, data_path: str, device: to
 def summarize(history: list[dict[str, Any]], data: CellData, images_per_epoch: int, precision: str) -> dict[str, Any]:
     """The cell's figures from its per-epoch history. The first epoch (warm-up, autotuning) is reported apart from the
     median of the others."""
-    # The last of tied epochs, the one best.pt keeps (train_cell replaces the best on a tie).
-    best = max(reversed(history), key=lambda h: h["miou"])
+    # The last of tied epochs, the one best.pt keeps (train_cell replaces the best on a tie); an active cell's best
+    # of its last round, the one trained with all its labels.
+    last_round = [h for h in history if h.get("round") == final_round(history)]
+    best = max(reversed(last_round), key=lambda h: h["miou"])
     final = history[-1]
     train_times = [h["train_seconds"] for h in history]
     steady = train_times[1:] or train_times
