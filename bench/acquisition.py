@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import registry
 from bench import distributed
 from bench.data import ACQUIRE_STREAM, Normalizer, class_counts, derive_seed, owned_tensor
 from bench.device import Precision
@@ -78,7 +79,13 @@ def pick_tile(scores: np.ndarray, candidates: np.ndarray, count: int, min_distan
     the classes of ``class_turns`` take turns, in that order, each taking its best candidate."""
     height, width = scores.shape
     flat = np.flatnonzero(candidates.reshape(-1))
-    order = flat[np.argsort(-scores.reshape(-1)[flat], kind="stable")]
+    values = scores.reshape(-1)[flat]
+    if predicted is None and min_distance <= 1 and len(flat) > count:
+        # The best `count` are all that is needed: those at or above the count-th best score, sorted, and no others
+        # (a whole sort of a large tile's candidates for a few picks would dominate the round).
+        kept = values >= np.partition(values, len(values) - count)[len(values) - count]
+        flat, values = flat[kept], values[kept]
+    order = flat[np.argsort(-values, kind="stable")]
     if predicted is None:
         queues = [order]
     else:
@@ -197,3 +204,9 @@ class ActiveRounds:
                               "labelled_fraction": labelled / annotated if annotated else 0.0,
                               "annotation": self.priced(picks[:index])})
         return summaries
+
+
+def total_epochs(cell) -> int:
+    """The epochs a cell trains: the recipe's, once per round for an active cell (:class:`bench.identity.Cell`)."""
+    acquisition = getattr(registry.create_masker(cell.masker.name, **cell.masker.kwargs), "acquisition", None)
+    return cell.recipe["epochs"] * (1 if acquisition is None else acquisition.rounds + 1)

@@ -3,8 +3,9 @@
 The CSV has one row per cell and only flat values: the cell's identity (grid, dataset, the labels of its architecture,
 loss and masker, fraction, seed), its status and kind (``training``, or ``evaluation`` for weights trained elsewhere
 and scored by ``bench evaluate``, which have an architecture and no loss, masker, fraction or seed), every scalar
-metric, the per-class IoUs as one column per class (``best_iou_road``), where and when it ran, and its full
-configuration as a JSON string. Confusion matrices and per-epoch histories are left to the JSON, which holds every
+metric, the per-class IoUs as one column per class (``best_iou_road``), an active cell's rounds as three columns each
+(``round1_best_miou``, ``round1_labelled_fraction``, ``round1_hours_per_1000_tiles``), where and when it ran, and its
+full configuration as a JSON string. Confusion matrices and per-epoch histories are left to the JSON, which holds every
 stored field of every cell.
 """
 
@@ -44,7 +45,14 @@ def cell_record(row: CellRow) -> dict[str, object]:
                     record[f"{key}_{name}"] = item
         elif not isinstance(value, list):
             record[key] = value
-        elif key != "class_names" and len(value) == len(class_names) and not any(isinstance(v, list) for v in value):
+        elif key == "rounds":  # an active cell's rounds: a few figures of each
+            for stage in value:
+                record.update({f"round{stage['round']}_best_miou": stage["best_miou"],
+                               f"round{stage['round']}_labelled_fraction": stage["labelled_fraction"],
+                               f"round{stage['round']}_hours_per_1000_tiles":
+                                   stage["annotation"]["hours_per_1000_tiles"]})
+        elif key != "class_names" and len(value) == len(class_names) and not any(isinstance(v, (list, dict))
+                                                                                  for v in value):
             record.update({f"{key}_{name}": v for name, v in zip(class_names, value)})
     provenance = row.provenance or {}
     record.update(device=provenance.get("device"), code_revision=provenance.get("code_revision"),

@@ -258,7 +258,7 @@ def _table(rows: list[CellRow]) -> str:
             *[mean_std([x["final_iou"][i] for x in scores], 2) for i in range(len(class_names))],
             f"{statistics.mean(x['epoch_seconds'] for x in scores):.1f}",
             f"{statistics.mean(x['train_images_per_second'] for x in scores):.0f}",
-            first["recipe"]["epochs"],
+            max(x["epochs"] for x in scores),  # an active cell's over all its rounds
             " / ".join(sorted({r.provenance["device"] for r in group})),
         ])
     headers = ["#", "architecture", "loss", "masker", "labelled %", *(["annotator h / 1000 tiles"] if priced else []),

@@ -9,6 +9,7 @@ from typing import Any, Self
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from bench.acquisition import total_epochs
 from bench.identity import Cell, Grid
 from bench.runner import RunEvents
 from bench.tables import Listing
@@ -47,7 +48,7 @@ class RichEvents(RunEvents):
         note = f" (resuming after epoch {resume_epoch})" if resume_epoch else ""
         self.progress.console.print(f"▶ {cell.label}{note} on {host}", highlight=False)
         self._cell_tasks[cell.cell_id] = self.progress.add_task(
-            f"  {cell.cell_id}", total=cell.recipe["epochs"], completed=resume_epoch, info="")
+            f"  {cell.cell_id}", total=total_epochs(cell), completed=resume_epoch, info="")
 
     def step(self, cell: Cell, step: int, total: int) -> None:
         if cell.cell_id in self._cell_tasks:  # a late message of a cell that has ended is dropped
@@ -56,7 +57,8 @@ class RichEvents(RunEvents):
     def epoch_done(self, cell: Cell, record: dict[str, Any]) -> None:
         if cell.cell_id in self._cell_tasks:
             self.progress.update(self._cell_tasks[cell.cell_id], completed=record["epoch"],
-                                 info=f"loss {_fmt(record['train_loss'])}  mIoU {_fmt(record['miou'])}")
+                                 info=("" if "round" not in record else f"round {record['round']}  ")
+                                 + f"loss {_fmt(record['train_loss'])}  mIoU {_fmt(record['miou'])}")
 
     def _cell_ended(self, cell: Cell, metrics: dict[str, Any] | None) -> None:
         self.results.append((cell, metrics))

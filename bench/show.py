@@ -2,7 +2,8 @@
 plots.
 
 - **annotations**: a few training tiles, their full labels, and the labels each annotation of the grid keeps on them
-  (the very masks its cells trained on, for the grid's first seed where the annotation ran with it);
+  (the very masks its cells trained on, for the grid's first seed where the annotation ran with it; an active one's
+  with every round's picks, read from its cell's ``best.pt``);
 - **predictions**: a few validation tiles, their labels, and the prediction of the best finished cell of each
   annotation (by best validation mIoU, across architectures, losses and seeds) among those whose ``best.pt`` is in
   the output folder: the weights that were scored.
@@ -26,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 import registry
+from bench.acquisition import with_picks
 from bench.cell_job import GridData, grid_data
 from bench.checkpoints import BEST, DamagedCheckpoint, check, read
 from bench.data import Normalizer, partial_masks
@@ -131,17 +133,27 @@ def _show(ax, picture: np.ndarray, mask: np.ndarray | None = None, colours: np.n
         ax.scatter(xs, ys, s=28, facecolors="none", edgecolors=colours[mask[ys, xs]], linewidths=1.2)
 
 
-def annotations_figure(grid: Grid, data: GridData, tiles: int) -> Figure:
-    """Training tiles (rows): the image, the full labels, then what each annotation of the grid keeps."""
+def annotations_figure(grid: Grid, data: GridData, tiles: int, checkpoints: Path | None = None) -> Figure:
+    """Training tiles (rows): the image, the full labels, then what each annotation of the grid keeps; for an active
+    annotation, with the pixels its cell's model picked in every round when its ``best.pt`` is in ``checkpoints``
+    (else its start masks)."""
     images, full = data.dataset.split("train")
     chosen = tiles_to_show(full, tiles)
     names = list(data.dataset.class_names)
     colours = class_colours(names)
     columns = annotations(grid)
-    kept = []
+    kept, labels = [], []
     for cell in columns:  # the first tiles' masks are the same whether the masker runs on them or on the whole split
         masker = registry.create_masker(cell.masker.name, **cell.masker.kwargs)
-        kept.append(partial_masks(full[:max(chosen) + 1], masker, cell.fraction, cell.seed))
+        masks = partial_masks(full[:max(chosen) + 1], masker, cell.fraction, cell.seed)
+        label = cell.masker.label
+        if hasattr(masker, "acquisition"):
+            picks = _picks(checkpoints / cell.cell_id / BEST) if checkpoints is not None else None
+            if picks:
+                masks = with_picks(masks, full, [p[:len(masks)] for p in picks])
+            label += f" (after round {len(picks)})" if picks else " (start masks)"
+        kept.append(masks)
+        labels.append(label)
     figure, axes = _grid_of_axes(len(chosen), 2 + len(columns), legend=True)
     bands = rgb_bands(data.dataset)
     for row, index in enumerate(chosen):
@@ -151,10 +163,10 @@ def annotations_figure(grid: Grid, data: GridData, tiles: int) -> Figure:
             _show(axes[row, column], overlay(image, masks[index], colours), masks[index], colours)
     axes[0, 0].set_title("image", fontsize="small")
     axes[0, 1].set_title("full labels", fontsize="small")
-    for column, (cell, masks) in enumerate(zip(columns, kept, strict=True), start=2):
+    for column, (label, masks) in enumerate(zip(labels, kept, strict=True), start=2):
         # a share of the annotated pixels, as "labelled %" is
         share = 100 * float(np.count_nonzero(masks[chosen] >= 0) / max(1, np.count_nonzero(full[chosen] >= 0)))
-        axes[0, column].set_title(f"{cell.masker.label}\n{share:.3g} % labelled here", fontsize="small")
+        axes[0, column].set_title(f"{label}\n{share:.3g} % labelled here", fontsize="small")
     seeds = sorted({cell.seed for cell in columns}) or [grid.cells[0].seed]
     figure.suptitle(f"{grid.dataset.name} · grid {grid.name}: annotations (training tiles, seed "
                     f"{', '.join(map(str, seeds))})")
@@ -222,6 +234,13 @@ def predictions_figure(grid: Grid, data: GridData, shown: Sequence[CellRow], che
     return figure
 
 
+def _picks(path: Path) -> list[np.ndarray] | None:
+    """The rounds' picks an active cell's ``best.pt`` keeps; None without a whole one."""
+    if not whole(path):
+        return None
+    return [p.numpy() for p in read(path).get("picks", [])]
+
+
 def whole(path: Path) -> bool:
     """Whether ``path`` is a checkpoint that can be read (it exists, and passes its checksums)."""
     try:
@@ -239,7 +258,7 @@ def write_figures(grid: Grid, rows: Sequence[CellRow], checkpoints: Path, folder
     data = grid_data(grid)  # after bench run, the dataset it trained on: not generated or opened again
     names = show_names(grid.dataset.name, grid.name)
     written = [Path(folder) / names["annotations"]]
-    save_png(annotations_figure(grid, data, tiles), written[0])
+    save_png(annotations_figure(grid, data, tiles, checkpoints), written[0])
     finished = best_cells(grid, rows)
     shown = best_cells(grid, [row for row in rows if whole(checkpoints / row.cell_id / BEST)])
     if finished:

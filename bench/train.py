@@ -228,7 +228,9 @@ def train_cell(cell: Cell, data: CellData, device: torch.device, checkpoint_dir:
         metrics["class_weights"] = stage.class_weights
     if rank == 0:
         checkpoints.write({"cell_id": cell.cell_id, "config": cell.config, "epoch": best["epoch"],
-                           "miou": best["miou"], "model": best["model"]}, checkpoint_dir / checkpoints.BEST)
+                           "miou": best["miou"], "model": best["model"],
+                           **({"picks": [torch.from_numpy(p) for p in picks]} if active else {})},  # for bench show
+                          checkpoint_dir / checkpoints.BEST)
     if data.has_test:  # a run stopped here resumes with the test evaluation, without training again
         test_images, test_masks = eval_tiles(data.test_images, data.test_masks, stage.data_path, device)
         metrics.update(evaluate_best_on_test(model, evaluated, best, (test_images, test_masks),

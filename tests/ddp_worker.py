@@ -10,10 +10,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import bench.checkpoints
 from bench import distributed
+from bench.acquisition import acquire
 from bench.cell_job import GridData
 from bench.data import Normalizer
 from bench.device import Precision
@@ -21,6 +23,7 @@ from bench.grid import load_grid
 from bench.scoring import evaluate
 from bench.train import train_cell
 from registry.errors import UserError
+from registry.maskers.active import Acquisition
 
 CPU = torch.device("cpu")
 
@@ -38,6 +41,17 @@ def sharded_evaluation(grid_path: str, batch_size: int) -> dict:
     precision = Precision(lambda: torch.autocast("cpu", enabled=False), None, "float32")
     return evaluate(fixed_model(data.num_classes), images, masks, data.num_classes,
                     Normalizer(data.mean, data.std, CPU), batch_size, precision)
+
+
+def sharded_acquisition(grid_path: str, strategy: str, batch_size: int) -> list[list[int]]:
+    """A round's picks by the fixed model on the validation tiles, a third of their pixels labelled already."""
+    data = GridData(load_grid(grid_path)).dataset
+    images, masks = data.split("val")
+    partial = np.where(np.random.default_rng(5).random(masks.shape) < 0.3, masks, -1).astype(np.int8)
+    precision = Precision(lambda: torch.autocast("cpu", enabled=False), None, "float32")
+    picks = acquire(fixed_model(data.num_classes), images, partial, masks, Acquisition(strategy, 7, 1, 1.5), 1, 0,
+                    data.num_classes, Normalizer(data.mean, data.std, CPU), batch_size, precision)
+    return picks.tolist()
 
 
 def step_batch(num_classes: int = 5, partial: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +132,8 @@ def main(out_dir: Path, train_grid: str, consistency_grid: str, odd_grid: str) -
     report["buffer_writes"] = buffer_writes_per_forward()
     for batch_size in (1, 2, 4):  # 6 validation tiles: 6 batches, 3 (two on rank 0), 2 (of 4 and 2 tiles)
         report[f"evaluation_{batch_size}"] = sharded_evaluation(train_grid, batch_size)
+        report[f"acquisition_{batch_size}"] = {strategy: sharded_acquisition(train_grid, strategy, batch_size)
+                                               for strategy in ("entropy", "class_balanced")}
 
     grid = load_grid(consistency_grid)
     cell = grid.cells[0]

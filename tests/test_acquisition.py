@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from grids import TINY_UNET, synthetic_grid
-from user_faults import one_line, run_main, write_grid
+from user_faults import Stop, one_line, run_main, stop_after, write_grid
 
 import bench.checkpoints
 import bench.train
@@ -22,6 +22,7 @@ from bench.data import Normalizer
 from bench.device import choose_precision
 from bench.grid import parse_grid
 from bench.plots import budget_points
+from bench.show import annotations_figure
 from bench.store import ResultStore
 from registry.annotation import PUBLISHED_COSTS, priced
 from registry.maskers.active import Acquisition
@@ -162,17 +163,6 @@ def active_grid(tmp_path, strategy="entropy", restart="false", name="grid.toml")
     return parse_grid(path.read_text(), path)
 
 
-class Stop(Exception):
-    pass
-
-
-def stop_after(epochs: int):
-    def on_epoch(history):
-        if len(history) == epochs:
-            raise Stop
-    return on_epoch
-
-
 def comparable(history):
     return [{k: v for k, v in h.items() if k not in ("train_seconds", "eval_seconds", "resumed")} for h in history]
 
@@ -309,6 +299,15 @@ def test_a_run_stores_the_rounds_shows_them_and_prices_them_anew_without_retrain
     assert [(hours, miou) for hours, miou, _ in rounds_line] == sorted(
         (r["annotation"]["hours_per_1000_tiles"], r["best_miou"]) for r in active.metrics["rounds"])
     assert (out / "plots" / "synthetic-g-budget.png").exists()
+    # bench show's annotations: the active column has every round's picks, read from the cell's best.pt
+    parsed = parse_grid(text, grid)
+    figure = annotations_figure(parsed, GridData(parsed), 2, out / "checkpoints")
+    titles = [ax.get_title() for ax in figure.axes[2:3]]
+    assert titles[0].startswith("active (after round 2)")
+    start_only = annotations_figure(parsed, GridData(parsed), 2, tmp_path / "elsewhere").axes[2].get_title()
+    assert start_only.startswith("active (start masks)")
+    shares = [float(title.split("\n")[1].split(" %")[0]) for title in (titles[0], start_only)]
+    assert shares[0] > shares[1]
 
     grid.write_text(text + "\n[annotation_cost]\npoint = 1\n")
     capsys.readouterr()
@@ -320,3 +319,50 @@ def test_a_run_stores_the_rounds_shows_them_and_prices_them_anew_without_retrain
         priced(r["annotation"]["counts"], costs) for r in active.metrics["rounds"]]
     assert again.metrics["annotation"] == again.metrics["rounds"][-1]["annotation"]
     assert again.history == active.history and again.finished_at == active.finished_at
+
+
+def test_the_best_few_of_a_large_tile_are_the_head_of_its_whole_order():
+    """Picks without spacing or turns come from the candidates at or above the count-th best score only: the same
+    pixels, in the same order, as the whole sorted order gives, ties included."""
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.random((64, 64)), 2)  # many ties
+    candidates = rng.random((64, 64)) < 0.7
+    flat = np.flatnonzero(candidates)
+    whole = flat[np.lexsort((flat, -scores.reshape(-1)[flat]))]
+    for count in (1, 7, 50, len(flat)):
+        assert pick_tile(scores, candidates, count).tolist() == whole[:count].tolist()
+
+
+def test_the_csv_export_gives_each_round_its_columns(straight, tmp_path):
+    """A cell with as many rounds as classes must not have its rounds taken for per-class values."""
+    from bench.export import cell_record
+    from bench.store import CellRow
+
+    _, history, metrics = straight
+    rounds = [{**metrics["rounds"][0], "round": index} for index in range(5)]  # five rounds, five classes
+    row = CellRow("c", "g", "synthetic", "l", {"arch": {"label": "unet"}, "loss": {"label": "partial_ce"},
+                                               "masker": {"label": "active"}, "fraction": 1.0, "seed": 0},
+                  "done", history, {**metrics, "rounds": rounds, "class_names": ["a", "b", "c", "d", "e"]}, {}, None,
+                  1, "", None)
+    record = cell_record(row)
+    assert [record[f"round{index}_best_miou"] for index in range(5)] == [r["best_miou"] for r in rounds]
+    assert record["round4_hours_per_1000_tiles"] == rounds[4]["annotation"]["hours_per_1000_tiles"]
+    assert not any(key.startswith("rounds") for key in record)
+
+
+def test_a_pool_worker_runs_an_acquisition_as_this_process_does(tmp_path):
+    from bench.executors import DevicePoolExecutor
+    from bench.outputs import OutputFolder
+    from bench.runner import run_grid
+
+    grid = active_grid(tmp_path, strategy="margin")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the worker: another thread count sums in another order
+    try:
+        run_grid(grid, OutputFolder(tmp_path / "here"), CPU)
+    finally:
+        torch.set_num_threads(threads)
+    run_grid(grid, OutputFolder(tmp_path / "pool"), CPU, executor=DevicePoolExecutor([CPU], threads=1))
+    (here,), (pooled,) = stored(tmp_path / "here").values(), stored(tmp_path / "pool").values()
+    assert pooled.status == "done" and pooled.metrics["rounds"] == here.metrics["rounds"]
+    assert comparable(pooled.history) == comparable(here.history)

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ddp_worker import fixed_model, one_step_gradients, sharded_evaluation, step_batch
+from ddp_worker import fixed_model, one_step_gradients, sharded_acquisition, sharded_evaluation, step_batch
 from grids import synthetic_grid
+from user_faults import Stop, stop_after
 
 from bench import distributed
 from bench.batches import DeviceBatches, TrainBatches
@@ -53,17 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_after(epochs: int):
-    def on_epoch(history):
-        if len(history) == epochs:
-            raise Stop
-    return on_epoch
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +151,16 @@ def test_sharded_evaluation_equals_one_process(runs, batch_size):
     alone = sharded_evaluation(str(folder / "train.toml"), batch_size)
     for report in reports:
         assert report[f"evaluation_{batch_size}"] == alone  # exact: integer counts summed before scoring
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_sharded_acquisition_picks_what_one_process_picks(runs, batch_size):
+    _, reports, folder = runs
+    alone = {strategy: sharded_acquisition(str(folder / "train.toml"), strategy, batch_size)
+             for strategy in ("entropy", "class_balanced")}
+    assert any(pick >= 0 for tile in alone["entropy"] for pick in tile)
+    for report in reports:
+        assert report[f"acquisition_{batch_size}"] == alone
 
 
 def test_a_regulariser_that_runs_the_model_trains_under_ddp(runs):

@@ -22,7 +22,7 @@ def row(arch: str, seed: int, best: float, grid: str = "g", status: str = "done"
     metrics = {
         "best_miou": best, "final_miou": best - 0.01, "best_per_batch_miou": best + 0.03,
         "final_per_batch_miou": best + 0.02, "final_accuracy": 0.9,
-        "final_iou": [0.9, None, 0.5], "epoch_seconds": 2.0, "train_images_per_second": 100.0,
+        "final_iou": [0.9, None, 0.5], "epoch_seconds": 2.0, "train_images_per_second": 100.0, "epochs": 3,
         "labelled_fraction": 0.1, "class_names": ["background", "building", "woodland"],
         **({"test_miou": test, "test_per_batch_miou": test + 0.04, "test_epoch": 2, "test_tiles": 16}
            if test is not None else {}),

@@ -43,7 +43,7 @@ def row(arch: str, seed: int, best: float, masker: str = "random_pixels", fracti
     metrics = {
         "best_miou": best, "final_miou": best, "best_per_batch_miou": best, "final_per_batch_miou": best,
         "final_accuracy": 0.9, "final_iou": [0.9, 0.5], "epoch_seconds": 1.0, "train_images_per_second": 10.0,
-        "labelled_fraction": fraction if measured is None else measured, "class_names": ["a", "b"],
+        "epochs": 3, "labelled_fraction": fraction if measured is None else measured, "class_names": ["a", "b"],
     }
     history = [{"epoch": i + 1, "miou": m} for i, m in enumerate([best - 0.1, best] if history is None else history)]
     return CellRow(f"{arch}{seed}{masker}{fraction}{grid}", grid, dataset, f"{arch} seed {seed}", config, "done",

@@ -61,6 +61,18 @@ def one_line(code: int, err: str, expected_code: int = 2, *fragments: str) -> st
     return lines[0]
 
 
+class Stop(Exception):
+    """Raised by :func:`stop_after`: a training stopped from within, as a kill would stop it."""
+
+
+def stop_after(epochs: int):
+    """An ``on_epoch`` callback of :func:`bench.train.train_cell` that stops the training after ``epochs`` epochs."""
+    def on_epoch(history):
+        if len(history) == epochs:
+            raise Stop
+    return on_epoch
+
+
 def write_grid(folder: Path, text: str | bytes = TINY, name: str = "grid.toml") -> Path:
     path = folder / name
     path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
