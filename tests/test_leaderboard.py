@@ -257,3 +257,24 @@ def test_annotator_hours_rank_the_glance_and_get_a_column_where_cells_were_price
     unpriced = [with_masker(row("unet", 0, 0.5), "random_pixels", 0.1), with_masker(row("unet", 0, 0.6), "full", 1.0)]
     text = render(unpriced, store_path="s")
     assert "annotator h" not in text and "Annotator hours" not in text
+
+
+def test_active_cells_get_a_line_per_round_with_the_spread_over_seeds():
+    def active(seed, mious, hours):
+        cell = with_masker(row("unet", seed, mious[-1]), "active", 1.0)
+        cell.metrics["rounds"] = [
+            {"round": index, "best_miou": miou, "labelled_fraction": 0.001 * (index + 1),
+             "annotation": {"hours_per_1000_tiles": h}} for index, (miou, h) in enumerate(zip(mious, hours))]
+        return cell
+
+    rows = [active(0, [0.50, 0.60], [3.0, 6.0]), active(1, [0.52, 0.64], [3.0, 6.5]), row("unet", 0, 0.4)]
+    board = render(rows, store_path="s")
+    table = board[board.index("Active annotation rounds"):].split("\n\n")[1]
+    lines = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    assert lines == [
+        ["unet", "partial_ce", "active", "0", "0.10 ± 0.00", "3", "0, 1",
+         f"0.510 ± {statistics.stdev([0.50, 0.52]):.3f}"],
+        ["unet", "partial_ce", "active", "1", "0.20 ± 0.00", f"6.25 ± {statistics.stdev([6.0, 6.5]):.2g}", "0, 1",
+         f"0.620 ± {statistics.stdev([0.60, 0.64]):.3f}"],
+    ]
+    assert "Active annotation rounds" not in render([row("unet", 0, 0.4)], store_path="s")
