@@ -344,12 +344,37 @@ def test_location_mistakes(located_dataset, tmp_path):
                                "'root' (it takes tile_size, train_size, val_size, test_size, seed, nir, dtype)")
 
 
+# The default grid as it stood when sync_batchnorm became a recipe key; its first cell was stored as f47c99a740ab20ed.
+GRID_OF_2026_11 = """\
+description = "the default grid of 2026-11"
+[dataset]
+name = "synthetic"
+tile_size = 64
+train_size = 512
+val_size = 128
+[axes]
+archs = [{ name = "unet", base_channels = 16 }, { name = "unetplusplus", base_channels = 16 }]
+losses = ["partial_ce"]
+maskers = ["random_pixels", "full"]
+fractions = [0.10, 0.15]
+seeds = [0]
+exclude = [{ masker = "full", arch = "unetplusplus" }]
+[recipe]
+optimizer = "adam"
+lr = 0.003
+weight_decay = 0.0001
+schedule = "cosine"
+epochs = 10
+batch_size = 16
+augment = ["hflip", "vflip", "rot90"]
+"""
+
+
 def test_recipe_keys_added_later_keep_stored_identities_at_their_neutral_value():
     """``sync_batchnorm`` came after results were stored: false (its neutral value) is left out of the identity, so
-    the default grid's cells keep the ids they had before it (the first one pinned here); true is a new cell."""
-    grid = load_grid("default")
-    first = grid.cells[0]
+    the cells stored before it keep their ids; true is a new cell."""
+    first = parse_grid(GRID_OF_2026_11, Path("default.toml")).cells[0]
     assert first.recipe["sync_batchnorm"] is False and "sync_batchnorm" not in first.config["recipe"]
     assert first.cell_id == "f47c99a740ab20ed"
-    synced = load_grid("default", overrides=["recipe.sync_batchnorm=true"]).cells[0]
+    synced = parse_grid(GRID_OF_2026_11, Path("default.toml"), overrides=["recipe.sync_batchnorm=true"]).cells[0]
     assert synced.config["recipe"]["sync_batchnorm"] is True and synced.cell_id != first.cell_id
