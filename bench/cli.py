@@ -45,12 +45,9 @@ from registry.core import filter_names
 from registry.errors import UserError, where_raised
 from registry.files import require_writable_file, require_writable_folder, write_atomically
 
-# bench perf's workload where the options leave it open: (architectures, tile side, batch). On a GPU the reference
-# experiment's models and batch; on a CPU, where those take hours, the default grid's.
-PERF_DEFAULTS = {
-    "cuda": (("reference-unet", "reference-unetplusplus"), 384, 32),
-    "cpu": (("unet:base_channels=16", "unetplusplus:base_channels=16"), 64, 16),
-}
+# bench perf's workload on a GPU where the options leave it open: the reference experiment's models, tile side and
+# batch. On a CPU, where those take hours, the default grid's (perf_defaults).
+GPU_PERF_DEFAULTS = (("reference-unet", "reference-unetplusplus"), 384, 32)
 REGISTRIES = {"archs": registry.ARCHS, "losses": registry.LOSSES, "maskers": registry.MASKERS,
               "regularizers": registry.REGULARIZERS,
               "datasets": registry.DATASETS}
@@ -212,12 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
                                help="measure training and evaluation speed on this device")
     perf.add_argument("--arch", action="append", dest="archs", metavar="NAME[:KEY=VALUE,...]",
                       help="an architecture and its arguments, e.g. unet:base_channels=64; repeatable (default: "
-                           f"{' and '.join(PERF_DEFAULTS['cuda'][0])} on a GPU, "
-                           f"{' and '.join(PERF_DEFAULTS['cpu'][0])} on the CPU)")
-    perf.add_argument("--size", type=positive_int, help=f"tile side (default: {PERF_DEFAULTS['cuda'][1]} on a GPU, "
-                                                        f"{PERF_DEFAULTS['cpu'][1]} on the CPU)")
-    perf.add_argument("--batch-size", type=positive_int, help=f"training batch (default: {PERF_DEFAULTS['cuda'][2]} "
-                                                              f"on a GPU, {PERF_DEFAULTS['cpu'][2]} on the CPU)")
+                           f"{' and '.join(GPU_PERF_DEFAULTS[0])} on a GPU, the default grid's on the CPU)")
+    perf.add_argument("--size", type=positive_int, help=f"tile side (default: {GPU_PERF_DEFAULTS[1]} on a GPU, the "
+                                                        "default grid's on the CPU)")
+    perf.add_argument("--batch-size", type=positive_int, help=f"training batch (default: {GPU_PERF_DEFAULTS[2]} on a "
+                                                              "GPU, the default grid's on the CPU)")
     perf.add_argument("--steps", type=positive_int, default=20, help="timed steps per measurement (default: 20)")
     perf.add_argument("--warmup", type=positive_int, default=5, help="untimed steps first (default: 5)")
     perf.add_argument("--repeats", type=positive_int, default=3,
@@ -625,13 +621,27 @@ def command_prepare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def perf_defaults(device_type: str) -> tuple[list[str], int, int]:
+    """bench perf's architectures (as ``--arch`` specs), tile side and batch where the options leave them open: on a
+    GPU the reference experiment's; on a CPU the default grid's, read from it."""
+    if device_type == "cuda":
+        specs, size, batch_size = GPU_PERF_DEFAULTS
+        return list(specs), size, batch_size
+    grid = load_grid("default")
+    archs = {cell.arch.label: cell.arch for cell in grid.cells}.values()  # in the grid's order, each once
+    specs = [arch.name + "".join(f"{':' if i == 0 else ','}{key}={json.dumps(value)}"
+                                 for i, (key, value) in enumerate(arch.kwargs.items())) for arch in archs]
+    first = grid.cells[0]
+    return specs, first.dataset.kwargs["tile_size"], first.recipe["batch_size"]
+
+
 def command_perf(args: argparse.Namespace, console: Console) -> int:
     from bench.models import build_without_weights
     from bench.perf import PerfConfig, parse_arch_spec, perf_listing, run_perf
 
     require_writable_file(args.json, "--json")
     device = resolve_device(args.device)
-    default_archs, default_size, default_batch = PERF_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    default_archs, default_size, default_batch = perf_defaults(device.type)
     archs = [parse_arch_spec(spec) for spec in (args.archs or default_archs)]
     size, batch_size = args.size or default_size, args.batch_size or default_batch
     for arch in archs:

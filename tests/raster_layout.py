@@ -1,11 +1,11 @@
 """Writes georeferenced image and label rasters for the dataset ``rasters``, for the tests and for measuring its
 preparation.
 
-A scene is a mosaic of the ``synthetic`` dataset's 256-pixel scenes (three bands, or four with its near-infrared-like
-band), in uint8, uint16 or float32, written with rasterio as a GeoTIFF with a CRS and a transform (LZW, Deflate or
-none; stripped or tiled), beside a one-band uint8 label raster of the same grid holding its classes 0..4, optionally
-with a nodata value written over a block of pixels. Writing goes strip by strip, so a full-size scene takes little
-memory.
+A scene is a mosaic of the ``synthetic`` dataset's 256-pixel scenes (``--tile`` sets their side; three bands, or four
+with its near-infrared-like band), in uint8, uint16 or float32, written with rasterio as a GeoTIFF with a CRS and a
+transform (LZW, Deflate or none; stripped or tiled), beside a one-band uint8 label raster of the same grid holding its
+classes 0..4, optionally with a nodata value written over a block of pixels. Writing goes strip by strip, so a
+full-size scene takes little memory.
 
 Command line, e.g. one 9500 x 9500 four-band uint16 scene to measure the preparation's time and memory:
 
@@ -56,6 +56,7 @@ class SceneSpec:
     label_values: dict[int, int] = field(default_factory=dict)  # class -> raster value written for it
     label_origin: tuple[float, float] | None = None  # a label raster on another grid (for the bad-input tests)
     label_crs: str | None = None
+    tile: int = MOSAIC_TILE  # the side of the synthetic scenes in the mosaic: their objects are drawn to that scale
 
 
 @dataclass
@@ -74,15 +75,16 @@ def pixel_grid(origin: tuple[float, float], pixel: float = 0.25) -> Affine:
 
 
 def mosaic_rows(spec: SceneSpec, row: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mosaic row ``row`` (256 pixels high, cut to the scene's width): ``(image [bands, 256, W], classes [256, W])``."""
-    columns = -(-spec.width // MOSAIC_TILE)
-    image = np.empty((spec.bands, MOSAIC_TILE, columns * MOSAIC_TILE), spec.dtype)
-    classes = np.empty((MOSAIC_TILE, columns * MOSAIC_TILE), np.uint8)
+    """Mosaic row ``row`` (``spec.tile`` pixels high, cut to the scene's width): ``(image [bands, T, W], classes
+    [T, W])``."""
+    columns = -(-spec.width // spec.tile)
+    image = np.empty((spec.bands, spec.tile, columns * spec.tile), spec.dtype)
+    classes = np.empty((spec.tile, columns * spec.tile), np.uint8)
     for column in range(columns):
-        tile, mask = generate_tile(spec.seed, row * columns + column, MOSAIC_TILE, nir=spec.bands == 4,
+        tile, mask = generate_tile(spec.seed, row * columns + column, spec.tile, nir=spec.bands == 4,
                                    dtype=spec.dtype)
-        image[:, :, column * MOSAIC_TILE:(column + 1) * MOSAIC_TILE] = np.moveaxis(tile, -1, 0)[:spec.bands]
-        classes[:, column * MOSAIC_TILE:(column + 1) * MOSAIC_TILE] = mask
+        image[:, :, column * spec.tile:(column + 1) * spec.tile] = np.moveaxis(tile, -1, 0)[:spec.bands]
+        classes[:, column * spec.tile:(column + 1) * spec.tile] = mask
     return image[:, :, :spec.width], classes[:, :spec.width]
 
 
@@ -113,9 +115,9 @@ def write_scene(root: Path, spec: SceneSpec, images: str = "images", labels: str
     with rasterio.open(image_path, "w", count=spec.bands, dtype=spec.dtype, **profile, **style) as image_file, \
             rasterio.open(label_path, "w", **label_profile, **FORMATS[(spec.seed + 1) % len(FORMATS)]) as label_file:
         image_file.colorinterp = [getattr(rasterio.enums.ColorInterp, c) for c in COLOURS[:spec.bands]]
-        for row in range(-(-spec.height // MOSAIC_TILE)):
-            y = row * MOSAIC_TILE
-            height = min(MOSAIC_TILE, spec.height - y)
+        for row in range(-(-spec.height // spec.tile)):
+            y = row * spec.tile
+            height = min(spec.tile, spec.height - y)
             image, classes = mosaic_rows(spec, row)
             image, classes = image[:, :height], classes[:height]
             label = lookup[classes]
@@ -159,11 +161,14 @@ def main() -> None:
     parser.add_argument("--size", nargs="+", default=["9500x9500"], help="HEIGHTxWIDTH of each scene")
     parser.add_argument("--bands", type=int, choices=(3, 4), default=4)
     parser.add_argument("--dtype", choices=("uint8", "uint16", "float32"), default="uint16")
+    parser.add_argument("--tile", type=int, default=MOSAIC_TILE,
+                        help=f"side of the synthetic scenes in the mosaic (default {MOSAIC_TILE}); a grid's tile_size "
+                             "gives scenes at its training scale")
     args = parser.parse_args()
     for index, size in enumerate(args.size):
         height, width = (int(v) for v in size.lower().split("x"))
-        write_scene(args.root, SceneSpec(f"scene-{index}", height, width, args.bands, args.dtype, seed=index),
-                    keep=False)
+        write_scene(args.root, SceneSpec(f"scene-{index}", height, width, args.bands, args.dtype, seed=index,
+                                         tile=args.tile), keep=False)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import torch
 
 import bench.perf
 import registry
-from bench.cli import PERF_DEFAULTS, main
+from bench.cli import main
+from bench.grid import load_grid
 from bench.perf import PerfConfig, parse_arch_spec, time_training
 
 CPU = torch.device("cpu")
@@ -96,12 +97,19 @@ def test_on_the_cpu_the_default_workload_is_the_default_grid_s(tmp_path):
     quick = ["--steps", "1", "--warmup", "1", "--repeats", "1", "--device", "cpu", "--json", str(path)]
     assert main(["perf", *quick]) == 0
     report = json.loads(path.read_text())
-    assert [r["arch"] for r in report["results"]] == list(PERF_DEFAULTS["cpu"][0])
-    assert (report["config"]["size"], report["config"]["batch_size"]) == PERF_DEFAULTS["cpu"][1:]
+    grid = load_grid("default")
+    batch_size = grid.cells[0].recipe["batch_size"]
+    expected = []
+    for cell in grid.cells:
+        if (cell.arch.name, cell.arch.kwargs) not in expected:
+            expected.append((cell.arch.name, cell.arch.kwargs))
+    assert [(r["arch"].partition(":")[0], r["kwargs"]) for r in report["results"]] == expected
+    assert (report["config"]["size"], report["config"]["batch_size"]) == (grid.cells[0].dataset.kwargs["tile_size"],
+                                                                           batch_size)
     assert main(["perf", *quick, "--size", "32", "--arch", "unet:base_channels=4,depth=3"]) == 0
     report = json.loads(path.read_text())
     assert [r["arch"] for r in report["results"]] == ["unet:base_channels=4,depth=3"]
-    assert (report["config"]["size"], report["config"]["batch_size"]) == (32, PERF_DEFAULTS["cpu"][2])
+    assert (report["config"]["size"], report["config"]["batch_size"]) == (32, batch_size)
 
 
 @pytest.mark.parametrize("args, message", [
