@@ -628,9 +628,12 @@ def perf_defaults(device_type: str) -> tuple[list[str], int, int]:
         specs, size, batch_size = GPU_PERF_DEFAULTS
         return list(specs), size, batch_size
     grid = load_grid("default")
-    archs = {cell.arch.label: cell.arch for cell in grid.cells}.values()  # in the grid's order, each once
-    specs = [arch.name + "".join(f"{':' if i == 0 else ','}{key}={json.dumps(value)}"
-                                 for i, (key, value) in enumerate(arch.kwargs.items())) for arch in archs]
+    specs = []
+    for arch in (cell.arch for cell in grid.cells):
+        arguments = ",".join(f"{key}={json.dumps(value)}" for key, value in arch.kwargs.items())  # TOML values too
+        spec = f"{arch.name}:{arguments}" if arguments else arch.name
+        if spec not in specs:
+            specs.append(spec)
     first = grid.cells[0]
     return specs, first.dataset.kwargs["tile_size"], first.recipe["batch_size"]
 
