@@ -33,7 +33,7 @@ from bench.executors import (
 )
 from bench.export import FORMATS, read_export
 from bench.grid import load_grid
-from bench.grid_files import list_grids
+from bench.grid_files import GRID_DIR, list_grids
 from bench.leaderboard import PLOTS_FOLDER, write_leaderboard
 from bench.outputs import OutputFolder
 from bench.plots import plot_names, show_names
@@ -623,11 +623,12 @@ def command_prepare(args: argparse.Namespace, console: Console) -> int:
 
 def perf_defaults(device_type: str) -> tuple[list[str], int, int]:
     """bench perf's architectures (as ``--arch`` specs), tile side and batch where the options leave them open: on a
-    GPU the reference experiment's; on a CPU the default grid's, read from it."""
+    GPU the reference experiment's; on a CPU the built-in default grid's, read from its file (not a ./tasks/default.toml
+    of the user's, which may name a dataset without tiles)."""
     if device_type == "cuda":
         specs, size, batch_size = GPU_PERF_DEFAULTS
         return list(specs), size, batch_size
-    grid = load_grid("default")
+    grid = load_grid(str(GRID_DIR / "default.toml"))
     specs = []
     for arch in (cell.arch for cell in grid.cells):
         arguments = ",".join(f"{key}={json.dumps(value)}" for key, value in arch.kwargs.items())  # TOML values too
