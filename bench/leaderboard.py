@@ -20,7 +20,7 @@ from pathlib import Path
 from scipy import stats
 from tabulate import tabulate
 
-from bench.plots import show_names, write_plots
+from bench.plots import active_labels, budget_frontier, budget_points, show_names, write_plots
 from bench.store import EVALUATION, CellRow
 from registry.annotation import UNITS
 from registry.files import write_atomically
@@ -296,6 +296,23 @@ def rounds_table(rows: list[CellRow]) -> str | None:
                                   "seeds", "best mIoU"])
 
 
+def frontier_table(rows: list[CellRow]) -> str | None:
+    """The budget frontier (bench.plots.budget_frontier) as a table: at each budget, the cheapest point that beats
+    every cheaper one, which architecture · loss · annotation reaches it (an active cell's with the round) and its
+    best mIoU (mean ± std over seeds); None when no cell of the table was priced."""
+    series = budget_points(rows)
+    frontier = budget_frontier(series)
+    if not frontier:
+        return None
+    rounds = active_labels(rows)
+    lines = []
+    for hours, miou, label in frontier:
+        index, spread = next((i, std) for i, (h, m, std) in enumerate(series[label]) if (h, m) == (hours, miou))
+        lines.append([f"{hours:.3g}", label + (f", round {index}" if label in rounds else ""),
+                      f"{miou:.3f}" + (f" ± {spread:.3f}" if spread else "")])
+    return markdown_table(lines, ["annotator h / 1000 tiles", "architecture · loss · annotation", "best mIoU"])
+
+
 def _test_note(rows: list[CellRow]) -> str:
     if not has_test(rows):
         return ""
@@ -409,6 +426,12 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
                        f"Welch's t-test over the seeds cannot tell from it (p ≥ {TIE_P_VALUE}; with one seed, the "
                        "best alone). Every cell, ranked, below.")
             out += [caption, "", summary, ""]
+        frontier = frontier_table(table_rows)
+        if frontier is not None:
+            caption = ("Budget frontier: the best mIoU that this table reaches for at most so many annotator hours per "
+                       "1000 training tiles, over every annotation, architecture and loss (an active cell counts at "
+                       "each round's labels); each line beats every cheaper one. Mean ± std over seeds.")
+            out += [caption, "", frontier, ""]
         out += [
             _table(table_rows),
             "",

@@ -278,3 +278,29 @@ def test_active_cells_get_a_line_per_round_with_the_spread_over_seeds():
          f"0.620 ± {statistics.stdev([0.60, 0.64]):.3f}"],
     ]
     assert "Active annotation rounds" not in render([row("unet", 0, 0.4)], store_path="s")
+
+
+def test_the_budget_frontier_table_names_what_reaches_each_budget_with_its_spread():
+    def priced(seed, best, masker, fraction, hours, rounds=None):
+        cell = with_masker(row("unet", seed, best), masker, fraction)
+        cell.metrics["annotation"] = {"counts": {"point": 1}, "seconds_per_unit": {}, "hours_per_1000_tiles": hours}
+        if rounds:
+            cell.metrics["rounds"] = [{"round": i, "best_miou": m, "labelled_fraction": 0.001,
+                                       "annotation": {"hours_per_1000_tiles": h}} for i, (m, h) in enumerate(rounds)]
+        return cell
+
+    # clicks at 2 h; blocks cost more and score less (off the frontier); an active cell's second round at 6 h beats
+    # the clicks, its first round at 3 h does not; full labels on top
+    rows = [priced(0, 0.40, "points", 0.001, 2.0), priced(1, 0.44, "points", 0.001, 2.0),
+            priced(0, 0.38, "blocks", 0.02, 40.0),
+            priced(0, 0.55, "active", 0.002, 6.0, rounds=[(0.39, 3.0), (0.55, 6.0)]),
+            priced(0, 0.60, "full", 1.0, 300.0)]
+    board = render(rows, store_path="s")
+    table = board[board.index("Budget frontier"):].split("\n\n")[1]
+    lines = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    assert lines == [
+        ["2", "unet · partial_ce · points", f"0.420 ± {statistics.stdev([0.40, 0.44]):.3f}"],
+        ["6", "unet · partial_ce · active, round 1", "0.550"],
+        ["300", "unet · partial_ce · full", "0.600"],
+    ]
+    assert "Budget frontier" not in render([row("unet", 0, 0.4)], store_path="s")
