@@ -375,6 +375,11 @@ def _component_arguments(rows: list[CellRow]) -> list[str]:
     return [f"Arguments: {'; '.join(described[k] for k in sorted(described))}.", ""] if described else []
 
 
+def captioned(caption: str, table: str | None) -> list[str]:
+    """A leaderboard table's lines under its caption; none for a table that does not apply (None)."""
+    return [] if table is None else [caption, "", table, ""]
+
+
 def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: str = "",
            plots: dict[tuple[str, str], list[tuple[str, str]]] | None = None) -> str:
     """The leaderboard's Markdown; ``plots`` maps a table's (dataset, grid) to its (alt text, relative path) images,
@@ -419,29 +424,22 @@ def render(rows: Iterable[CellRow], failed: Iterable[CellRow] = (), store_path: 
             "",
             *_component_arguments(table_rows),
         ]
-        summary = summary_table(table_rows)
-        if summary is not None:
-            caption = ("At a glance: best mIoU by annotation and by architecture · loss (mean ± std over seeds; in "
-                       "brackets, the share of the full-label mIoU). In bold, each row's best and the entries that "
-                       f"Welch's t-test over the seeds cannot tell from it (p ≥ {TIE_P_VALUE}; with one seed, the "
-                       "best alone). Every cell, ranked, below.")
-            out += [caption, "", summary, ""]
-        frontier = frontier_table(table_rows)
-        if frontier is not None:
-            caption = ("Budget frontier: the best mIoU that this table reaches for at most so many annotator hours per "
-                       "1000 training tiles, over every annotation, architecture and loss (an active cell counts at "
-                       "each round's labels); each line beats every cheaper one. Mean ± std over seeds.")
-            out += [caption, "", frontier, ""]
-        out += [
-            _table(table_rows),
-            "",
-        ]
-        rounds = rounds_table(table_rows)
-        if rounds is not None:
-            caption = ("Active annotation rounds: round 0 trains on the start masker's labels; after each round the "
-                       "cell's model picks the pixels labelled next (docs/active-rounds.md). Each round's best "
-                       "mIoU, with the labels it was trained with; the rows above give the last round's.")
-            out += [caption, "", rounds, ""]
+        out += captioned(
+            "At a glance: best mIoU by annotation and by architecture · loss (mean ± std over seeds; in brackets, the "
+            "share of the full-label mIoU). In bold, each row's best and the entries that Welch's t-test over the "
+            f"seeds cannot tell from it (p ≥ {TIE_P_VALUE}; with one seed, the best alone). Every cell, ranked, below.",
+            summary_table(table_rows))
+        out += captioned(
+            "Budget frontier: the best mIoU that this table reaches for at most so many annotator hours per 1000 "
+            "training tiles, over every annotation, architecture and loss (an active cell counts at each round's "
+            "labels); each line beats every cheaper one. Mean ± std over seeds.",
+            frontier_table(table_rows))
+        out += [_table(table_rows), ""]
+        out += captioned(
+            "Active annotation rounds: round 0 trains on the start masker's labels; after each round the cell's model "
+            "picks the pixels labelled next (docs/active-rounds.md). Each round's best mIoU, with the labels it was "
+            "trained with; the rows above give the last round's.",
+            rounds_table(table_rows))
         images = (plots or {}).get((dataset, grid), [])
         if images:
             out += [" ".join(f"![{alt}]({link})" for alt, link in images), ""]
