@@ -13,7 +13,14 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 class CtrlC:
     """While in use, a Ctrl-C is noted before it raises KeyboardInterrupt as usual. One that lands in the middle of
     an import can surface as another exception (a half-imported numpy recursing until RecursionError, say): the note
-    says it was an interrupt all the same."""
+    says it was an interrupt all the same.
+
+    With ``defer``, a first Ctrl-C is only noted, and the code in use looks at ``seen`` once done: for the start-up
+    imports, where KeyboardInterrupt can land in Python code that C++ called (torch's pybind11 bindings) and abort the
+    process with a C++ error instead of ending it. A second Ctrl-C raises at once, for an import that hangs."""
+
+    def __init__(self, defer: bool = False):
+        self.defer = defer
 
     def __enter__(self) -> "CtrlC":
         self.seen = False
@@ -21,20 +28,24 @@ class CtrlC:
         return self
 
     def _noted(self, signum, frame):
+        first = not self.seen
         self.seen = True
-        raise KeyboardInterrupt
+        if not (self.defer and first):
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGINT, self._previous)
 
 
 def main() -> int:
-    with CtrlC() as ctrl_c:
+    with CtrlC(defer=True) as ctrl_c:  # the imports finish (a second or two), then a Ctrl-C ends them
         try:
             from bench.cli import main as run
         except BaseException:
             if not ctrl_c.seen:
                 raise
+            run = None
+        if ctrl_c.seen:
             print("interrupted", file=sys.stderr)
             run = None
     code = run() if run is not None else EXIT_INTERRUPTED

@@ -12,6 +12,8 @@ import time
 import pytest
 from user_faults import TINY, bench, exported, fault_plugin, folder_state, one_line, start, write_grid
 
+from bench.entry import CtrlC
+
 STARTUP = {  # commands whose start-up (imports, grid, dataset) a Ctrl-C may land in
     "run": ["run", "--grid", "grid.toml", "--out", "runs"],
     "dry-run": ["run", "--grid", "grid.toml", "--out", "runs", "--dry-run"],
@@ -48,6 +50,19 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(finished, command):
         one_line(process.returncode, err, 130)
         interrupted += 1
     assert interrupted >= 2, "the command ended before most of the signals"
+
+
+def test_a_deferred_ctrl_c_is_noted_and_only_a_second_one_raises():
+    """The start-up imports defer the first Ctrl-C (raised inside torch's C++ bindings it would abort the process);
+    a second raises, for an import that hangs; everywhere else the first raises."""
+    with CtrlC(defer=True) as ctrl_c:
+        signal.raise_signal(signal.SIGINT)
+        assert ctrl_c.seen
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), CtrlC() as ctrl_c:
+        signal.raise_signal(signal.SIGINT)
+    assert ctrl_c.seen and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_twice_during_training_is_one_line_and_the_rerun_resumes(tmp_path):
