@@ -44,8 +44,7 @@ def main() -> int:
         except BaseException:
             if not ctrl_c.seen:
                 raise
-            run = None
-        if ctrl_c.seen:
+        if ctrl_c.seen:  # whether the import ended or not
             print("interrupted", file=sys.stderr)
             run = None
     code = run() if run is not None else EXIT_INTERRUPTED
