@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,35 +211,36 @@ class Boxes:
 """
 
 
-def test_a_plugins_own_unit_must_be_priced_by_the_grid(tmp_path, capsys):
-    (tmp_path / "box_plugin.py").write_text(BOX_PLUGIN)
+@pytest.fixture
+def box_plugin_run(tmp_path, capsys):
+    """``bench run --dry-run`` of a grid whose masker is the plugin's ``box_masker``, given the plugin's source:
+    its exit code, its stderr and the grid file; the masker is unregistered afterwards."""
     grid = tmp_path / "g.toml"
     grid.write_text(synthetic_grid(maskers='"box_masker"'))
-    try:
+
+    def run(plugin: str) -> tuple[int, str, Path]:
+        (tmp_path / "box_plugin.py").write_text(plugin)
         code = main(["run", "--grid", str(grid), "--plugin", str(tmp_path / "box_plugin.py"), "--dry-run",
                      "--out", str(tmp_path / "runs")])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1, err
-        assert "masker 'box_masker' counts 'box', which has no cost: give its seconds in [annotation_cost]" in err
-        grid.write_text(synthetic_grid(maskers='"box_masker"') + "\n[annotation_cost]\nbox = 7\n")
-        assert parse_grid(grid.read_text(), grid).annotation_cost["box"] == 7.0
-    finally:
-        registry.MASKERS._entries.pop("box_masker", None)
+        return code, capsys.readouterr().err.strip(), grid
+
+    yield run
+    registry.MASKERS._entries.pop("box_masker", None)
 
 
-def test_a_plugins_counter_that_fails_is_named_in_one_line(tmp_path, capsys):
-    (tmp_path / "box_plugin.py").write_text(BOX_PLUGIN.replace('return {"box"', 'return {"box": 1 // 0, "x"'))
-    grid = tmp_path / "g.toml"
-    grid.write_text(synthetic_grid(maskers='"box_masker"'))
-    try:
-        code = main(["run", "--grid", str(grid), "--plugin", str(tmp_path / "box_plugin.py"), "--dry-run",
-                     "--out", str(tmp_path / "runs")])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1, err
-        assert ("masker 'box_masker': its annotation counter fails on a tile with no label: ZeroDivisionError"
-                in err and f"{grid} line" in err)
-    finally:
-        registry.MASKERS._entries.pop("box_masker", None)
+def test_a_plugins_own_unit_must_be_priced_by_the_grid(box_plugin_run):
+    code, err, grid = box_plugin_run(BOX_PLUGIN)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "masker 'box_masker' counts 'box', which has no cost: give its seconds in [annotation_cost]" in err
+    grid.write_text(synthetic_grid(maskers='"box_masker"') + "\n[annotation_cost]\nbox = 7\n")
+    assert parse_grid(grid.read_text(), grid).annotation_cost["box"] == 7.0
+
+
+def test_a_plugins_counter_that_fails_is_named_in_one_line(box_plugin_run):
+    code, err, grid = box_plugin_run(BOX_PLUGIN.replace('return {"box"', 'return {"box": 1 // 0, "x"'))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert ("masker 'box_masker': its annotation counter fails on a tile with no label: ZeroDivisionError"
+            in err and f"{grid} line" in err)
 
 
 def stored(out) -> dict[str, dict]:
