@@ -188,10 +188,17 @@ def summary_table(rows: list[CellRow]) -> str | None:
     for r in rows:
         annotation = (r.config["masker"]["label"], r.config["fraction"])
         entries[annotation, f"{r.config['arch']['label']} · {r.config['loss']['label']}"].append(r)
-    labelled, hours = defaultdict(list), defaultdict(list)
+    # An annotation's labelled share and hours, one value per seed: its columns repeat the same seed's masks, and
+    # counting each repeat would shrink the spread below the ranked rows' (the same seeds, once each).
+    labelled_by_seed: dict[tuple[str, float], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    hours_by_seed: dict[tuple[str, float], dict[int, list[float | None]]] = defaultdict(lambda: defaultdict(list))
     for (annotation, _), group in entries.items():
-        labelled[annotation] += [100 * r.metrics["labelled_fraction"] for r in group]
-        hours[annotation] += [annotator_hours(r) for r in group]
+        for r in group:
+            labelled_by_seed[annotation][r.config["seed"]].append(100 * r.metrics["labelled_fraction"])
+            hours_by_seed[annotation][r.config["seed"]].append(annotator_hours(r))
+    labelled = {a: [statistics.mean(v) for v in seeds.values()] for a, seeds in labelled_by_seed.items()}
+    hours = {a: [None if None in v else statistics.mean(v) for v in seeds.values()]
+             for a, seeds in hours_by_seed.items()}
     priced = not any(None in group for group in hours.values())
     # cheapest annotation first: by its price where every cell has one, else by its labelled share
     annotations = sorted(labelled, key=lambda a: (statistics.mean(hours[a] if priced else labelled[a]), a))

@@ -304,3 +304,27 @@ def test_the_budget_frontier_table_names_what_reaches_each_budget_with_its_sprea
         ["300", "unet · partial_ce · full", "0.600"],
     ]
     assert "Budget frontier" not in render([row("unet", 0, 0.4)], store_path="s")
+
+
+def test_the_glance_spreads_an_annotation_s_hours_over_seeds_as_the_ranked_rows_do():
+    """Two losses train on the same seeds' masks: the glance's hours are the spread over those seeds, each counted
+    once, equal to each ranked row's, not a spread over the repeated cells (which would be narrower)."""
+    hours_by_seed = [40.0, 43.0, 45.0]
+
+    def cell(seed, loss, masker="blocks", fraction=0.02, hours=None):
+        c = with_masker(row("unet", seed, 0.5 + 0.01 * seed), masker, fraction)
+        c.config["loss"] = {**c.config["loss"], "label": loss}
+        c.metrics["labelled_fraction"] = fraction
+        c.metrics["annotation"] = {"counts": {"tile": 10, "region": 5},
+                                   "hours_per_1000_tiles": hours_by_seed[seed] if hours is None else hours,
+                                   "seconds_per_unit": {"point": 2.4, "stroke": 0.0, "region": 79.0}}
+        return c
+
+    rows = [cell(seed, loss) for seed in range(3) for loss in ("partial_ce", "partial_ce + crf")]
+    rows += [cell(seed, "partial_ce", "full", 1.0, 350.0) for seed in range(3)]
+    spread = f"{statistics.mean(hours_by_seed):.3g} ± {statistics.stdev(hours_by_seed):.2g}"
+    assert spread != f"{statistics.mean(hours_by_seed * 2):.3g} ± {statistics.stdev(hours_by_seed * 2):.2g}"
+    glance = [line.split("|")[1].strip() for line in summary_table(rows).splitlines()[2:]]
+    assert glance[0] == f"blocks · 2 % · {spread} h"
+    ranked = [line for line in parse_tables(render(rows, store_path="s"))[0] if line["masker"] == "blocks"]
+    assert [line["annotator h / 1000 tiles"] for line in ranked] == [spread, spread]
