@@ -13,7 +13,7 @@ import math
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -175,6 +175,14 @@ def tied_with_best(best: list[float], other: list[float]) -> bool:
 SUMMARY_FIXED = ("seed", "masker", "fraction", "arch", "loss")  # what varies across a summary table's cells
 
 
+def per_seed(rows: list[CellRow], value: Callable[[CellRow], float | None]) -> list[float | None]:
+    """``value`` of the rows, one per seed (the mean of that seed's rows; None where one of them has none)."""
+    by_seed: dict[int, list[float | None]] = defaultdict(list)
+    for r in rows:
+        by_seed[r.config["seed"]].append(value(r))
+    return [None if None in values else statistics.mean(values) for values in by_seed.values()]
+
+
 def summary_table(rows: list[CellRow]) -> str | None:
     """The table at a glance: one row per annotation (masker, labelled % and annotator hours, cheapest first), one
     column per architecture · loss; each entry the best mIoU, mean ± std over seeds, with its share of the
@@ -190,15 +198,12 @@ def summary_table(rows: list[CellRow]) -> str | None:
         entries[annotation, f"{r.config['arch']['label']} · {r.config['loss']['label']}"].append(r)
     # An annotation's labelled share and hours, one value per seed: its columns repeat the same seed's masks, and
     # counting each repeat would shrink the spread below the ranked rows' (the same seeds, once each).
-    labelled_by_seed: dict[tuple[str, float], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    hours_by_seed: dict[tuple[str, float], dict[int, list[float | None]]] = defaultdict(lambda: defaultdict(list))
+    annotation_rows: dict[tuple[str, float], list[CellRow]] = defaultdict(list)
     for (annotation, _), group in entries.items():
-        for r in group:
-            labelled_by_seed[annotation][r.config["seed"]].append(100 * r.metrics["labelled_fraction"])
-            hours_by_seed[annotation][r.config["seed"]].append(annotator_hours(r))
-    labelled = {a: [statistics.mean(v) for v in seeds.values()] for a, seeds in labelled_by_seed.items()}
-    hours = {a: [None if None in v else statistics.mean(v) for v in seeds.values()]
-             for a, seeds in hours_by_seed.items()}
+        annotation_rows[annotation] += group
+    labelled = {a: per_seed(group, lambda r: 100 * r.metrics["labelled_fraction"])
+                for a, group in annotation_rows.items()}
+    hours = {a: per_seed(group, annotator_hours) for a, group in annotation_rows.items()}
     priced = not any(None in group for group in hours.values())
     # cheapest annotation first: by its price where every cell has one, else by its labelled share
     annotations = sorted(labelled, key=lambda a: (statistics.mean(hours[a] if priced else labelled[a]), a))
