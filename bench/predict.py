@@ -10,7 +10,9 @@ A scene is cut into windows of the tile side at the training resolution (:mod:`b
 source pixels, overlapping, the border padded by reflection), each read with rasterio, resized by area to the tile
 side when the scale is not 1 (as the dataset's tiles were), normalised and predicted on the device in batches
 (optionally averaged over the flips and quarter turns, ``tta``); the softmax probabilities are resized back to the
-source grid, blended, and handed over a band of rows at a time to :mod:`bench.predict_outputs`, which writes them.
+source grid, blended, and handed over a band of rows at a time to :mod:`bench.predict_outputs`, which writes them,
+with the pixels that the source says hold no data (a nodata value, an alpha band or a mask on the bands read), which
+are left out of the map, its areas and its scores.
 Reading runs one batch ahead in a thread, so that the disk and the device work at once. Only the model runs on
 torch's intra-op threads; everything else torch does for a scene runs on one (:func:`intra_op_threads`).
 """
@@ -20,8 +22,8 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,7 @@ class Scene:
     dtype: np.dtype
     crs: Any
     transform: Any
+    masked: bool = False  # the bands read declare pixels with no data: a nodata value, an alpha band or a mask
     labels: Path | None = None
     # how the label raster's values become classes: a dataset test scene's read_classes (registry's DATASET_CONTRACT);
     # None: values are class indices (bench.predict_outputs.SceneConfusion)
@@ -134,9 +137,12 @@ def label_path(pattern: str, image: Path) -> Path:
 def inspect_scene(path: Path, predictor: Predictor, labels: str | None = None) -> Scene:
     """``path``'s header, checked against the training data (bands, dtype), and its label raster's (there, the same
     size); one line for what does not fit."""
+    from rasterio.enums import MaskFlags
+
     with opened(path, "raster") as source:
         scene = Scene(path, source.height, source.width, source.count, np.dtype(source.dtypes[0]), source.crs,
                       source.transform)
+        flags = source.mask_flag_enums
     if predictor.bands is None and scene.count != predictor.in_chans:
         raise UserError(f"{path}: has {scene.count} bands; the grid's training data has {predictor.in_chans}")
     if predictor.bands is not None and max(predictor.bands) > scene.count:
@@ -144,6 +150,7 @@ def inspect_scene(path: Path, predictor: Predictor, labels: str | None = None) -
                         f"{', '.join(map(str, predictor.bands))}")
     if scene.dtype != predictor.dtype:
         raise UserError(f"{path}: holds {scene.dtype}; the grid's training data is {predictor.dtype}")
+    scene = replace(scene, masked=any(MaskFlags.all_valid not in flags[band - 1] for band in bands_read(predictor)))
     if labels is None:
         return scene
     truth = label_path(labels, path)
@@ -154,7 +161,22 @@ def inspect_scene(path: Path, predictor: Predictor, labels: str | None = None) -
             raise UserError(f"{truth}: is {source.height}x{source.width} pixels; its scene {path} is "
                             f"{scene.height}x{scene.width}")
     read_classes = None if predictor.scene_labels is None else predictor.scene_labels(path, truth).read_classes
-    return Scene(**{**scene.__dict__, "labels": truth, "read_classes": read_classes})
+    return replace(scene, labels=truth, read_classes=read_classes)
+
+
+def bands_read(predictor: Predictor) -> list[int]:
+    """The raster band numbers (from 1) that the predictor reads of a scene (whose band count, without ``bands``,
+    is the training data's: :func:`inspect_scene`)."""
+    return list(predictor.bands or range(1, predictor.in_chans + 1))
+
+
+def valid_pixels(source, row: int, rows: int, bands: list[int]) -> np.ndarray:
+    """Which pixels of the scene's rows ``row .. row + rows`` hold data ``[rows, width]`` (bool): those that any of
+    ``bands`` holds data for, as GDAL's masks say (its nodata value, alpha band or mask; a pixel whose every band
+    equals the nodata value holds none)."""
+    from rasterio.windows import Window
+
+    return source.read_masks(bands, window=Window(0, row, source.width, rows)).any(axis=0)
 
 
 # -- predicting ------------------------------------------------------------------------------------------------------
@@ -210,7 +232,7 @@ def read_band(source, y: int, layout: Layout, bands: list[int]) -> np.ndarray:
 def window_batches(source, layout: Layout, predictor: Predictor) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
     """The windows of the scene open in ``source``, row by row, in batches: ``(positions, tiles [N, tile, tile,
     bands])``, each tile resized by area to the training tile side when the window is not that side already."""
-    bands = list(predictor.bands or range(1, predictor.in_chans + 1))
+    bands = bands_read(predictor)
     columns = layout.columns()
     positions, tiles = [], []
     for y in layout.rows():
@@ -272,19 +294,31 @@ def layout_of(scene: Scene, predictor: Predictor, overlap: int | None) -> Layout
 
 
 def blended_rows(predictor: Predictor, scene: Scene, layout: Layout, tta: bool = False,
-                 done: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+                 done: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor, np.ndarray | None]]:
     """The scene's blended probabilities, a band of rows at a time, top to bottom: ``(first row, [C, rows,
-    width])`` on the device; ``done(windows)`` after each batch. Call it under ``torch.inference_mode()`` and
+    width] on the device, which of those pixels hold data [rows, width] or None when the scene declares no pixel
+    without)``; ``done(windows)`` after each batch. Call it under ``torch.inference_mode()`` and
     ``intra_op_threads(1)``."""
     band = RowBand(layout, predictor.num_classes, predictor.device)
-    with opened(scene.path, "raster") as source:
+    with opened(scene.path, "raster") as source, ExitStack() as stack:
+        # the reader thread has its own dataset: GDAL's are not to be shared between threads
+        masks = stack.enter_context(opened(scene.path, "raster")) if scene.masked else None
+
+        def with_mask(rows: list[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor, np.ndarray | None]]:
+            for row, probs in rows:
+                valid = None
+                if masks is not None:
+                    with reading(scene.path, "raster"):
+                        valid = valid_pixels(masks, row, probs.shape[1], bands_read(predictor))
+                yield row, probs, valid
+
         for positions, tiles in ahead(window_batches(source, layout, predictor), scene.path):
             probs = to_source_grid(probabilities(predictor, tiles, tta), layout.window)
             for (y, x), window in zip(positions, probs, strict=True):
-                yield from band.add(y, x, window)
+                yield from with_mask(band.add(y, x, window))
             if done is not None:
                 done(len(positions))
-    yield from band.finish()
+        yield from with_mask(band.finish())
 
 
 def check_overlap(overlap: int | None, predictor: Predictor) -> None:

@@ -10,7 +10,10 @@ Per scene ``STEM`` (the input's name without its suffix), in the output folder:
 - ``STEM_confidence.tif`` (with ``confidence``): the winning class's probability, ``round(255 p)`` as uint8;
 - ``STEM_quicklook.png``: the class map in the leaderboard's colours, at most ``QUICKLOOK_SIDE`` pixels a side;
 - ``STEM_areas.csv``: per class, its pixels, its share of the scene and its hectares (from the transform, when the
-  CRS's unit is a length);
+  CRS's unit is a length), and a ``no data`` row when the source declares pixels without data;
+
+Where the source holds no data (:attr:`bench.predict.Scene.masked`), the class map holds ``NO_CLASS`` and the
+confidence ``NO_CONFIDENCE``, each its file's nodata value, the quicklook is transparent, and no score counts them.
 
 and, when label rasters are given, ``scores.json`` and ``scores.csv`` for all the scenes (:func:`write_scores`).
 
@@ -45,6 +48,8 @@ SCORES_JSON, SCORES_CSV = "scores.json", "scores.csv"
 BLOCK = 256  # the class map's internal tiles
 COG_BLOCK = 512
 QUICKLOOK_SIDE = 1024
+NO_CLASS = 255  # the class map's nodata value: a class map has at most 255 classes
+NO_CONFIDENCE = 0  # the confidence's: the winner of at most 255 classes has p >= 1/255, round(255 p) >= 1
 NO_PAM = {"GDAL_PAM_ENABLED": "NO"}  # no .aux.xml sidecar: everything the map says is inside the TIFF
 
 
@@ -63,16 +68,24 @@ class SceneResult:
     pixels: np.ndarray  # per class
     pixel_area_m2: float | None  # None: the CRS has no length unit (or the raster none)
     confusion: np.ndarray | None  # [C, C] over the whole scene, rows the truth; None without labels
+    no_data: int | None = None  # the pixels without data; None: the source declares none
     files: list[Path] = field(default_factory=list)
     windows: int = 0
     seconds: float = 0.0
 
+    @property
+    def total_pixels(self) -> int:
+        return int(self.pixels.sum()) + (self.no_data or 0)
+
     def area_rows(self) -> list[tuple[str, int, float, float | None]]:
-        """``(class, pixels, share, hectares)`` per class."""
-        total = int(self.pixels.sum())
+        """``(class, pixels, share of the scene, hectares)`` per class, then ``no data`` when the source declares
+        pixels without data."""
+        counts = list(zip(self.class_names, self.pixels, strict=True))
+        if self.no_data is not None:
+            counts.append(("no data", self.no_data))
+        total = self.total_pixels
         return [(name, int(count), count / total if total else math.nan,
-                 None if self.pixel_area_m2 is None else count * self.pixel_area_m2 / 1e4)
-                for name, count in zip(self.class_names, self.pixels, strict=True)]
+                 None if self.pixel_area_m2 is None else count * self.pixel_area_m2 / 1e4) for name, count in counts]
 
 
 def temporary(path: Path) -> Path:
@@ -92,16 +105,27 @@ def pixel_area_m2(scene: Scene) -> float | None:
     return abs(t.a * t.e - t.b * t.d) * metres ** 2
 
 
-def colour_table(class_names: tuple[str, ...]) -> dict[int, tuple[int, int, int, int]]:
-    rgb = np.round(class_colours(class_names) * 255).astype(int)
-    return {index: (*map(int, colour), 255) for index, colour in enumerate(rgb)}
+def palette(class_names: tuple[str, ...]) -> np.ndarray:
+    """RGBA ``[256, 4]`` (uint8) for every class-map value: the classes in the leaderboard's colours, opaque; the
+    rest, ``NO_CLASS`` among them, transparent."""
+    colours = np.zeros((256, 4), np.uint8)
+    colours[:len(class_names), :3] = np.round(class_colours(class_names) * 255)
+    colours[:len(class_names), 3] = 255
+    return colours
 
 
-def profile(scene: Scene) -> dict:
-    """A one-band uint8 GeoTIFF on the scene's grid, tiled and compressed."""
+def colour_table(class_names: tuple[str, ...], masked: bool) -> dict[int, tuple[int, int, int, int]]:
+    colours = palette(class_names)
+    return {value: tuple(map(int, colours[value]))
+            for value in [*range(len(class_names)), *([NO_CLASS] if masked else [])]}
+
+
+def profile(scene: Scene, nodata: int) -> dict:
+    """A one-band uint8 GeoTIFF on the scene's grid, tiled and compressed; ``nodata`` its nodata value when the
+    scene has pixels without data."""
     return {"driver": "GTiff", "height": scene.height, "width": scene.width, "count": 1, "dtype": "uint8",
             "crs": scene.crs, "transform": scene.transform, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
-            "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+            "compress": "deflate", "BIGTIFF": "IF_SAFER", "nodata": nodata if scene.masked else None}
 
 
 class SceneWriter:
@@ -114,6 +138,7 @@ class SceneWriter:
         self.final = {kind: folder / name.format(stem=scene.stem) for kind, name in NAMES.items()
                       if kind != "confidence" or options.confidence}
         self.pixels = np.zeros(len(self.names), np.int64)
+        self.no_data = 0
         self.confusion = SceneConfusion(scene, self.names) if scene.labels is not None else None
         self.step = max(1, math.ceil(max(scene.height, scene.width) / QUICKLOOK_SIDE))
         self.quicklook: list[np.ndarray] = []
@@ -125,9 +150,9 @@ class SceneWriter:
         import rasterio
 
         with rasterio.Env(**NO_PAM):
-            for kind in ("classes", "confidence"):
+            for kind, nodata in (("classes", NO_CLASS), ("confidence", NO_CONFIDENCE)):
                 if kind in self.final:
-                    target = rasterio.open(temporary(self.final[kind]), "w", **profile(self.scene))
+                    target = rasterio.open(temporary(self.final[kind]), "w", **profile(self.scene, nodata))
                     self.files[kind] = target
                     self._describe(target, kind)
         if self.confusion is not None:
@@ -135,7 +160,7 @@ class SceneWriter:
 
     def _describe(self, target, kind: str) -> None:
         if kind == "classes":
-            target.write_colormap(1, colour_table(self.names))
+            target.write_colormap(1, colour_table(self.names, self.scene.masked))
             target.update_tags(**self.tags)
             target.update_tags(1, **{f"CLASS_{index}": name for index, name in enumerate(self.names)})
             target.set_band_description(1, "class")
@@ -143,22 +168,29 @@ class SceneWriter:
             target.update_tags(**self.tags, SCALE="probability of the winning class x 255")
             target.set_band_description(1, "confidence")
 
-    def write(self, row: int, probs: torch.Tensor) -> None:
-        """Rows ``row ..`` of the scene: their probabilities ``[C, rows, width]``."""
+    def write(self, row: int, probs: torch.Tensor, valid: np.ndarray | None = None) -> None:
+        """Rows ``row ..`` of the scene: their probabilities ``[C, rows, width]`` and which of their pixels hold
+        data (``[rows, width]``; None: all)."""
         from rasterio.windows import Window
 
         confidence, classes = probs.max(dim=0)
         classes = classes.to(torch.uint8).cpu().numpy()
+        if valid is not None:
+            classes[~valid] = NO_CLASS
         window = Window(0, row, self.scene.width, classes.shape[0])
         self.files["classes"].write(classes, 1, window=window)
         if "confidence" in self.files:
             scaled = torch.round(confidence * 255).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+            if valid is not None:
+                scaled[~valid] = NO_CONFIDENCE
             self.files["confidence"].write(scaled, 1, window=window)
-        self.pixels += np.bincount(classes.ravel(), minlength=len(self.names))
+        counts = np.bincount(classes.ravel(), minlength=NO_CLASS + 1)
+        self.pixels += counts[:len(self.names)]
+        self.no_data += int(counts[NO_CLASS])
         first = -row % self.step  # the first of these rows that the quicklook keeps
         self.quicklook.append(classes[first::self.step, ::self.step])
         if self.confusion is not None:
-            self.confusion.add(row, classes)
+            self.confusion.add(row, classes, valid)
 
     def commit(self, result: SceneResult) -> list[Path]:
         """Close the rasters, write the quicklook and the area table, and give every file its final name."""
@@ -200,9 +232,11 @@ class SceneWriter:
         from PIL import Image
 
         classes = np.concatenate(self.quicklook) if self.quicklook else np.zeros((1, 1), np.uint8)
-        rgb = np.round(class_colours(self.names) * 255).astype(np.uint8)[classes]
+        colours = palette(self.names)[classes]
+        if not self.scene.masked:
+            colours = np.ascontiguousarray(colours[..., :3])  # no pixel is transparent: RGB
         buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="PNG")
+        Image.fromarray(colours).save(buffer, format="PNG")
         write_atomically(path, buffer.getvalue())
 
 
@@ -224,11 +258,11 @@ def predict_scene(predictor: Predictor, scene: Scene, folder: Path, options: Opt
     try:
         writer.open()
         with torch.inference_mode(), intra_op_threads(1):
-            for row, probs in blended_rows(predictor, scene, layout, options.tta, done):
-                writer.write(row, probs)
+            for row, probs, valid in blended_rows(predictor, scene, layout, options.tta, done):
+                writer.write(row, probs, valid)
         confusion = None if writer.confusion is None else writer.confusion.matrix
         result = SceneResult(scene, predictor.class_names, writer.pixels, pixel_area_m2(scene), confusion,
-                             windows=len(layout))
+                             writer.no_data if scene.masked else None, windows=len(layout))
         result.files = writer.commit(result)
     except BaseException:
         writer.discard()
@@ -293,7 +327,7 @@ def area_listing(result: SceneResult) -> Listing:
                       ("class", "pixels", "share", "hectares"), right=frozenset({"pixels", "share", "hectares"}))
     rows = result.area_rows()
     total_hectares = None if result.pixel_area_m2 is None else sum(row[3] for row in rows)
-    for name, count, share, hectares in [*rows, ("total", int(result.pixels.sum()), 1.0, total_hectares)]:
+    for name, count, share, hectares in [*rows, ("total", result.total_pixels, 1.0, total_hectares)]:
         area = "" if hectares is None else f"{hectares:,.2f}"
         listing.rows.append((name, f"{count:,}", f"{100 * share:.2f} %", area))
     return listing

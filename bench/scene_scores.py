@@ -37,14 +37,15 @@ class SceneConfusion:
             self._labels.close()
             self._labels = None
 
-    def add(self, row: int, predicted: np.ndarray) -> None:
-        """Rows ``row ..`` of the scene, predicted as ``predicted`` ``[rows, width]``."""
+    def add(self, row: int, predicted: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Rows ``row ..`` of the scene, predicted as ``predicted`` ``[rows, width]``; ``valid`` (the same shape,
+        None: all) says which pixels the scene holds data for: only those are scored."""
         from rasterio.windows import Window
 
         window = Window(0, row, self.scene.width, predicted.shape[0])
         with reading(self.scene.labels, "label raster"):
             truth = (self.scene.read_classes or self._value_classes)(self.source, window).astype(np.int64)
-        annotated = truth >= 0
+        annotated = truth >= 0 if valid is None else (truth >= 0) & valid
         flat = truth[annotated] * len(self.names) + predicted[annotated]
         self.matrix += np.bincount(flat, minlength=len(self.names) ** 2).reshape(self.matrix.shape)
 

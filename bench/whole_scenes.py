@@ -58,8 +58,8 @@ class WholeTestScenes:
             confusion.open()
             try:
                 with torch.inference_mode(), intra_op_threads(1):
-                    for row, probs in blended_rows(predictor, scene, layout_of(scene, predictor, None)):
-                        confusion.add(row, probs.max(dim=0).indices.to(torch.uint8).cpu().numpy())
+                    for row, probs, valid in blended_rows(predictor, scene, layout_of(scene, predictor, None)):
+                        confusion.add(row, probs.max(dim=0).indices.to(torch.uint8).cpu().numpy(), valid)
             finally:
                 confusion.close()
             per_scene[str(scene.path)] = scene_scores(confusion.matrix, self.class_names)

@@ -4,8 +4,9 @@ preparation.
 A scene is a mosaic of the ``synthetic`` dataset's 256-pixel scenes (``--tile`` sets their side; three bands, or four
 with its near-infrared-like band), in uint8, uint16 or float32, written with rasterio as a GeoTIFF with a CRS and a
 transform (LZW, Deflate or none; stripped or tiled), beside a one-band uint8 label raster of the same grid holding its
-classes 0..4, optionally with a nodata value written over a block of pixels. Writing goes strip by strip, so a
-full-size scene takes little memory.
+classes 0..4, optionally with a nodata value written over a block of pixels; the image can have a block without data
+too, as a nodata value on every band or as an internal mask. Writing goes strip by strip, so a full-size scene takes
+little memory.
 
 Command line, e.g. one 9500 x 9500 four-band uint16 scene to measure the preparation's time and memory:
 
@@ -51,6 +52,8 @@ class SceneSpec:
     dtype: str = "uint8"
     seed: int = 0
     nodata: int | None = None  # the label raster's nodata value, written over a block of its pixels
+    image_nodata: int | None = None  # the image raster's nodata value, on every band where image_hole says
+    image_mask: bool = False  # an internal mask that hides image_hole's pixels, whose values stay
     origin: tuple[float, float] = (500000.0, 600000.0)
     crs: str = CRS
     label_values: dict[int, int] = field(default_factory=dict)  # class -> raster value written for it
@@ -93,6 +96,14 @@ def nodata_block(spec: SceneSpec) -> tuple[slice, slice]:
     return slice(spec.height // 8, spec.height // 8 + max(1, spec.height // 5)), slice(3, 3 + max(1, spec.width // 4))
 
 
+def image_hole(spec: SceneSpec, y: int, height: int) -> np.ndarray:
+    """``[height, W]`` (bool): which pixels of rows ``y .. y + height`` an image with ``image_nodata`` or
+    ``image_mask`` holds no data for: its bottom right sixth (the lower third's right half), as where an orthophoto's
+    footprint ends."""
+    rows = np.arange(y, y + height) >= spec.height - spec.height // 3
+    return rows[:, None] & (np.arange(spec.width) >= spec.width // 2)[None, :]
+
+
 def write_scene(root: Path, spec: SceneSpec, images: str = "images", labels: str = "labels/{stem}.tif",
                 keep: bool = True) -> WrittenScene:
     """The scene's image raster ``{images}/{name}.tif`` and label raster (``labels`` with ``{stem}``) under ``root``;
@@ -112,7 +123,8 @@ def write_scene(root: Path, spec: SceneSpec, images: str = "images", labels: str
     for cls, value in spec.label_values.items():
         lookup[cls] = value
     rows, columns = nodata_block(spec)
-    with rasterio.open(image_path, "w", count=spec.bands, dtype=spec.dtype, **profile, **style) as image_file, \
+    with rasterio.open(image_path, "w", count=spec.bands, dtype=spec.dtype, nodata=spec.image_nodata, **profile,
+                       **style) as image_file, \
             rasterio.open(label_path, "w", **label_profile, **FORMATS[(spec.seed + 1) % len(FORMATS)]) as label_file:
         image_file.colorinterp = [getattr(rasterio.enums.ColorInterp, c) for c in COLOURS[:spec.bands]]
         for row in range(-(-spec.height // spec.tile)):
@@ -125,7 +137,12 @@ def write_scene(root: Path, spec: SceneSpec, images: str = "images", labels: str
                 in_block = (np.arange(y, y + height) >= rows.start) & (np.arange(y, y + height) < rows.stop)
                 label[in_block, columns] = spec.nodata
             window = Window(0, y, spec.width, height)
+            hole = image_hole(spec, y, height)
+            if spec.image_nodata is not None:
+                image[:, hole] = spec.image_nodata
             image_file.write(image, window=window)
+            if spec.image_mask:
+                image_file.write_mask(np.where(hole, 0, 255).astype(np.uint8), window=window)
             label_file.write(label[None], window=window)
             if keep:
                 kept_image.append(image)
@@ -164,11 +181,13 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=MOSAIC_TILE,
                         help=f"side of the synthetic scenes in the mosaic (default {MOSAIC_TILE}); a grid's tile_size "
                              "gives scenes at its training scale")
+    parser.add_argument("--image-nodata", type=int, metavar="VALUE",
+                        help="the images' nodata value, written over every band of their bottom right sixth")
     args = parser.parse_args()
     for index, size in enumerate(args.size):
         height, width = (int(v) for v in size.lower().split("x"))
         write_scene(args.root, SceneSpec(f"scene-{index}", height, width, args.bands, args.dtype, seed=index,
-                                         tile=args.tile), keep=False)
+                                         tile=args.tile, image_nodata=args.image_nodata), keep=False)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def blended_map(predictor: Predictor, path: Path, overlap: int) -> tuple[np.ndar
     scene = inspect_scene(path, predictor)
     layout = layout_of(scene, predictor, overlap)
     with torch.inference_mode():
-        rows = [probs for _, probs in blended_rows(predictor, scene, layout)]
+        rows = [probs for _, probs, _ in blended_rows(predictor, scene, layout)]
     return torch.cat(rows, dim=1)[0].numpy(), layout
 
 
@@ -313,6 +313,79 @@ def test_a_cells_scene_scores_are_stored_and_shown_in_the_leaderboard(trained, s
     assert "scene_iou_road" in exported[0]
 
 
+# -- pixels without data -------------------------------------------------------------------------------------------
+
+
+def without_data(scene) -> np.ndarray:
+    """The pixels a scene holds no data for, as written: every band at its nodata value, or hidden by its mask."""
+    with rasterio.open(scene.image_path) as source:
+        if source.nodata is not None:
+            return (scene.image == source.nodata).all(axis=0)
+        return source.read_masks(1) == 0
+
+
+@pytest.mark.parametrize("hole", ["nodata value", "mask"])
+def test_pixels_without_data_are_nodata_in_every_output_and_left_out_of_areas_and_scores(
+        hole, trained, spread_weights, tmp_path, capsys):
+    """A scene whose bottom right has no data (a nodata value on every band, or an internal mask): the class map
+    holds 255 there and the confidence 0, each its file's nodata value, and a class and its probability elsewhere;
+    the area table gives the hole its own row and still sums to the scene; the
+    quicklook is transparent there; and the scores leave those pixels out, against a confusion matrix computed here."""
+    grid, _ = trained
+    spec = SceneSpec("hole", 90, 70, seed=3, nodata=255, **({"image_nodata": 0} if hole == "nodata value" else
+                                                            {"image_mask": True}))
+    scene = write_scene(tmp_path / "in", spec)
+    missing = without_data(scene)
+    assert 0 < missing.sum() < missing.size
+    maps = tmp_path / "maps"
+    code, text, err = predict(capsys, grid, str(scene.image_path), *weights(spread_weights), "--output", str(maps),
+                              "--confidence", "--labels", str(scene.label_path), *(["--cog"] if hole == "mask" else []))
+    assert code == 0, err
+    with rasterio.open(maps / "hole_classes.tif") as target:
+        classes = target.read(1)
+        assert target.nodata == 255 and target.colormap(1)[255][3] == 0
+    with rasterio.open(maps / "hole_confidence.tif") as target:
+        confidence = target.read(1)
+        assert target.nodata == 0
+    assert (classes == 255).tolist() == missing.tolist() and (confidence == 0).tolist() == missing.tolist()
+    assert classes[~missing].max() < 5 and confidence[~missing].min() >= 255 // 5
+    assert len(np.unique(classes[~missing])) >= 2
+
+    with open(maps / "hole_areas.csv") as f:
+        rows = {row["class"]: row for row in csv.DictReader(f)}
+    assert list(rows) == [*CLASS_NAMES, "no data"]
+    assert int(rows["no data"]["pixels"]) == missing.sum()
+    assert [int(rows[name]["pixels"]) for name in CLASS_NAMES] == np.bincount(classes[~missing], minlength=5).tolist()
+    assert sum(int(row["pixels"]) for row in rows.values()) == 90 * 70
+    assert sum(float(row["share"]) for row in rows.values()) == pytest.approx(1.0, abs=1e-5)
+    assert sum(float(row["hectares"]) for row in rows.values()) == pytest.approx(90 * 70 * PIXEL_M2 / 1e4, abs=1e-5)
+    assert "no data" in text
+
+    from PIL import Image
+    quicklook = np.asarray(Image.open(maps / "hole_quicklook.png"))
+    assert quicklook.shape == (90, 70, 4) and (quicklook[..., 3] == 0).tolist() == missing.tolist()
+
+    scored = json.loads((maps / "scores.json").read_text())["all"]
+    truth = scene.label.copy()
+    truth[missing] = 255  # no data in the image: not scored, whatever the label says
+    assert scored["confusion_matrix"] == numpy_confusion(classes, truth, 255).tolist()
+
+
+def test_a_scene_without_nodata_keeps_its_outputs_as_they_were(trained, scenes, spread_weights, tmp_path, capsys):
+    """No nodata value, no mask: no nodata in the outputs, an RGB quicklook and no "no data" row."""
+    grid, _ = trained
+    _, written = scenes
+    code, _, err = predict(capsys, grid, str(written["a"].image_path), *weights(spread_weights), "--output",
+                           str(tmp_path), "--confidence")
+    assert code == 0, err
+    for kind in ("classes", "confidence"):
+        with rasterio.open(tmp_path / f"a_{kind}.tif") as target:
+            assert target.nodata is None
+    from PIL import Image
+    assert Image.open(tmp_path / "a_quicklook.png").mode == "RGB"
+    assert "no data" not in (tmp_path / "a_areas.csv").read_text()
+
+
 class Counting:
     """A function wrapped to count its calls."""
 
@@ -422,11 +495,11 @@ def test_a_failure_mid_scene_removes_its_files(trained, scenes, spread_weights, 
     calls = []
     original = SceneWriter.write
 
-    def failing(self, row, probs):
+    def failing(self, row, probs, valid):
         calls.append(row)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
-        original(self, row, probs)
+        original(self, row, probs, valid)
 
     monkeypatch.setattr(SceneWriter, "write", failing)
     code, _, err = predict(capsys, grid, str(written["a"].image_path), "--arch", ARCH, "--weights",
