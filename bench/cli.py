@@ -497,7 +497,7 @@ def command_evaluate(args: argparse.Namespace, console: Console) -> int:
 def command_predict(args: argparse.Namespace, console: Console) -> int:
     """bench.predict's maps of the INPUT scenes in --output, a progress bar over their windows, then each scene's
     area table (and, with --labels, the scene-level scores) on screen."""
-    from bench.predict import check_overlap, find_scenes, inspect_scene, keep_freed_memory
+    from bench.predict import check_overlap, find_scenes, inspect_scene, keep_freed_memory, pixel_size_warning
     from bench.predict_outputs import (
         Options,
         all_scores,
@@ -517,6 +517,9 @@ def command_predict(args: argparse.Namespace, console: Console) -> int:
     predictor = chosen_predictor(args, grid, device)
     check_overlap(args.overlap, predictor)
     scenes = [inspect_scene(path, predictor, args.labels) for path in paths]
+    for scene in scenes:
+        if (warning := pixel_size_warning(scene, predictor)) is not None:
+            warnings.warn(warning)
     args.output.mkdir(parents=True, exist_ok=True)
     console.print(f"predicting {len(scenes)} scenes with {predictor.label} on {device}", highlight=False,
                   soft_wrap=True)

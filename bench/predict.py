@@ -20,6 +20,7 @@ torch's intra-op threads; everything else torch does for a scene runs on one (:f
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -34,12 +35,15 @@ import torch.nn.functional as F
 from bench.data import Normalizer
 from bench.device import Precision
 from bench.windows import Layout, RowBand, dihedral, reflect, undo_dihedral
-from registry.datasets.rasters import GDAL_CACHE_MB, opened, reading
+from registry.datasets.rasters import GDAL_CACHE_MB, opened, pixel_area_m2, reading
 from registry.datasets.tile_cache import resize_area
 from registry.errors import UserError
 
 # What a folder given as INPUT holds that is read as a scene (GDAL reads many more; name those files one by one).
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+# A scene whose pixels are this many times larger or smaller than every training scene's gets a warning: its objects
+# are drawn at another size than the model learned them (LandCover.ai's own 25 and 50 cm are a factor of 2 apart).
+PIXEL_SIZE_TOLERANCE = 1.25
 TTA_TRANSFORMS = 8  # the flips and quarter turns of a square window (bench.windows.dihedral)
 M_TOP_PAD = -2  # glibc's mallopt parameter: how much freed memory at the heap's top is kept
 KEEP_FREED_BYTES = 2**30  # how much keep_freed_memory keeps (docs/perf.md: why this much)
@@ -65,6 +69,7 @@ class Predictor:
     threads: int = field(default_factory=torch.get_num_threads)  # torch's intra-op threads for the model
     # the dataset's scene(image, labels) (registry's DATASET_CONTRACT): its label rasters' coding; None: class indices
     scene_labels: Callable[[Path, Path], Any] | None = None
+    pixel_sizes: tuple[float, ...] = ()  # the ground sides (m) of the training scenes' pixels; empty: not known
 
     @property
     def window(self) -> int:
@@ -162,6 +167,22 @@ def inspect_scene(path: Path, predictor: Predictor, labels: str | None = None) -
                             f"{scene.height}x{scene.width}")
     read_classes = None if predictor.scene_labels is None else predictor.scene_labels(path, truth).read_classes
     return replace(scene, labels=truth, read_classes=read_classes)
+
+
+def pixel_size_warning(scene: Scene, predictor: Predictor) -> str | None:
+    """What to tell of a scene whose pixels' ground side differs from every training scene's by more than
+    ``PIXEL_SIZE_TOLERANCE`` times; None when it does not, or when either is not known."""
+    area = pixel_area_m2(scene.crs, scene.transform)
+    if area is None or not predictor.pixel_sizes:
+        return None
+    side = math.sqrt(area)
+    nearest = min(predictor.pixel_sizes, key=lambda size: abs(math.log(side / size)))
+    if max(side / nearest, nearest / side) <= PIXEL_SIZE_TOLERANCE:
+        return None
+    trained = " and ".join(f"{size:g} m" for size in predictor.pixel_sizes)
+    return (f"{scene.path}: its pixels are {side:.3g} m on the ground, the training scenes' {trained}: the model "
+            f"sees its objects {nearest / side:.2g} times the size it learned; resampling the scene to {nearest:g} m "
+            f"first (gdalwarp -tr {nearest:g} {nearest:g}) gives a map at the model's scale")
 
 
 def bands_read(predictor: Predictor) -> list[int]:

@@ -50,7 +50,8 @@ def make_predictor(grid: Grid, arch: Component, state: dict[str, torch.Tensor], 
     return Predictor(model, label, tuple(dataset.class_names), Normalizer(dataset.mean, dataset.std, device), tile,
                      scale, None if bands is None else tuple(int(b) for b in bands), channels, np.dtype(dtype), device,
                      choose_precision(device, recipe["amp"]), batch_size or eval_batch_size(recipe), figures or {},
-                     scene_labels=getattr(dataset, "scene", None))
+                     scene_labels=getattr(dataset, "scene", None),
+                     pixel_sizes=tuple(getattr(dataset, "pixel_sizes", ())))
 
 
 def weights_predictor(grid: Grid, arch: Component, weights: Path, device: torch.device,

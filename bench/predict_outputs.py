@@ -40,6 +40,7 @@ from bench.predict import Predictor, Scene, blended_rows, intra_op_threads, layo
 from bench.scene_scores import SceneConfusion, finite, scene_scores
 from bench.show import class_colours
 from bench.tables import Listing
+from registry.datasets.rasters import pixel_area_m2
 from registry.files import write_atomically
 
 NAMES = {"classes": "{stem}_classes.tif", "confidence": "{stem}_confidence.tif", "quicklook": "{stem}_quicklook.png",
@@ -90,19 +91,6 @@ class SceneResult:
 
 def temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
-
-
-def pixel_area_m2(scene: Scene) -> float | None:
-    """A pixel's area in square metres, from the transform and the CRS's unit; None when the CRS has no length unit
-    (geographic, or none)."""
-    if scene.crs is None or not scene.crs.is_projected:
-        return None
-    try:
-        _, metres = scene.crs.linear_units_factor
-    except Exception:  # noqa: BLE001  (rasterio's CRSError: a unit it cannot say)
-        return None
-    t = scene.transform
-    return abs(t.a * t.e - t.b * t.d) * metres ** 2
 
 
 def palette(class_names: tuple[str, ...]) -> np.ndarray:
@@ -261,8 +249,8 @@ def predict_scene(predictor: Predictor, scene: Scene, folder: Path, options: Opt
             for row, probs, valid in blended_rows(predictor, scene, layout, options.tta, done):
                 writer.write(row, probs, valid)
         confusion = None if writer.confusion is None else writer.confusion.matrix
-        result = SceneResult(scene, predictor.class_names, writer.pixels, pixel_area_m2(scene), confusion,
-                             writer.no_data if scene.masked else None, windows=len(layout))
+        result = SceneResult(scene, predictor.class_names, writer.pixels, pixel_area_m2(scene.crs, scene.transform),
+                             confusion, writer.no_data if scene.masked else None, windows=len(layout))
         result.files = writer.commit(result)
     except BaseException:
         writer.discard()

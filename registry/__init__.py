@@ -92,13 +92,15 @@ Images keep their dtype through the harness (caches and both data paths; they ar
 are. An optional attribute ``rgb_bands``, three channel indices, says which channels pictures show as red, green and
 blue (default ``(0, 1, 2)``, or channel 0 as grey when ``in_chans`` is below 3). Optional attributes for ``bench
 predict``, which reads whole scenes as the tiles were made: ``scale``, the stored tiles' side over their source side
-(LandCover.ai's 384 of 512: 0.75; default 1), and ``bands``, the raster band numbers (from 1) of the channels, in
-order (default: every band of a scene, as it is). An optional attribute ``test_scenes`` asks for whole scenes to be
-scored too, with each cell's best weights, after the test split and as ``bench predict`` maps them: a sequence of
-objects with ``image`` and ``labels`` (paths of two rasters of one size) and a method ``read_classes(source, window)``
-that gives the classes (``-1`` not annotated) of a rasterio ``window`` of the label raster open in ``source``, and
-raises :class:`UserError` for a value that names no class. An optional method ``scene(image, labels)`` gives such an
-object for any two rasters coded as the dataset's are (``bench predict --labels`` reads label rasters with it).
+(LandCover.ai's 384 of 512: 0.75; default 1), ``bands``, the raster band numbers (from 1) of the channels, in
+order (default: every band of a scene, as it is), and ``pixel_sizes``, the ground sides in metres of the source
+pixels the training tiles were cut from (LandCover.ai's 0.25 and 0.5; default unknown), against which a scene's are
+checked. An optional attribute ``test_scenes`` asks for whole scenes to be scored too, with each cell's best
+weights, after the test split and as ``bench predict`` maps them: a sequence of objects with ``image`` and ``labels``
+(paths of two rasters of one size) and a method ``read_classes(source, window)`` that gives the classes (``-1`` not
+annotated) of a rasterio ``window`` of the label raster open in ``source``, and raises :class:`UserError` for a value
+that names no class. An optional method ``scene(image, labels)`` gives such an object for any two rasters coded as
+the dataset's are (``bench predict --labels`` reads label rasters with it).
 """
 
 # The value that stands for 1.0 in images of each dtype a dataset may give: its mean and std are in these units.

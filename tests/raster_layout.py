@@ -55,6 +55,7 @@ class SceneSpec:
     image_nodata: int | None = None  # the image raster's nodata value, on every band where image_hole says
     image_mask: bool = False  # an internal mask that hides image_hole's pixels, whose values stay
     origin: tuple[float, float] = (500000.0, 600000.0)
+    pixel: float = 0.25  # metres on the ground
     crs: str = CRS
     label_values: dict[int, int] = field(default_factory=dict)  # class -> raster value written for it
     label_origin: tuple[float, float] | None = None  # a label raster on another grid (for the bad-input tests)
@@ -113,10 +114,10 @@ def write_scene(root: Path, spec: SceneSpec, images: str = "images", labels: str
     image_path.parent.mkdir(parents=True, exist_ok=True)
     label_path.parent.mkdir(parents=True, exist_ok=True)
     profile = {"driver": "GTiff", "height": spec.height, "width": spec.width, "crs": spec.crs,
-               "transform": pixel_grid(spec.origin)}
+               "transform": pixel_grid(spec.origin, spec.pixel)}
     label_profile = {**profile, "count": 1, "dtype": "uint8", "nodata": spec.nodata,
                      "crs": spec.label_crs or spec.crs,
-                     "transform": pixel_grid(spec.label_origin or spec.origin)}
+                     "transform": pixel_grid(spec.label_origin or spec.origin, spec.pixel)}
     style = FORMATS[spec.seed % len(FORMATS)]
     kept_image, kept_label, kept_classes = [], [], []
     lookup = np.arange(256, dtype=np.uint8)

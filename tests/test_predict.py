@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from grids import synthetic_grid
+from grids import dataset_grid, synthetic_grid
 from raster_layout import SceneSpec, pixel_grid, write_scene
 from user_faults import one_line, run_main, write_grid
 
@@ -25,7 +27,7 @@ from bench.device import choose_precision
 from bench.grid import load_grid
 from bench.models import build_model
 from bench.perf import parse_arch_spec
-from bench.predict import Predictor, blended_rows, inspect_scene, layout_of, reflect
+from bench.predict import Predictor, blended_rows, inspect_scene, layout_of, pixel_size_warning, reflect
 from bench.predict_outputs import SceneWriter
 from bench.show import class_colours
 from bench.windows import Layout, RowBand, blend_weights, window_starts
@@ -384,6 +386,56 @@ def test_a_scene_without_nodata_keeps_its_outputs_as_they_were(trained, scenes, 
     from PIL import Image
     assert Image.open(tmp_path / "a_quicklook.png").mode == "RGB"
     assert "no data" not in (tmp_path / "a_areas.csv").read_text()
+
+
+# -- the scenes' ground scale ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rasters_grid(scenes, tmp_path_factory) -> Path:
+    """A grid on the dataset ``rasters`` over the scenes (0.25 m pixels), in tiles of the tiny architecture's side."""
+    root, _ = scenes
+    folder = tmp_path_factory.mktemp("rasters-grid")
+    return write_grid(folder, dataset_grid("ground scale", f"""name = "rasters"
+root = "{root}"
+classes = {json.dumps(list(CLASS_NAMES))}
+tile_size = {TILE}
+split = {{ train = 0.5, val = 0.5 }}
+cache_dir = "{folder / 'cache'}"
+"""))
+
+
+@pytest.mark.parametrize("pixel, warned", [(0.25, False), (0.3, False), (0.5, True), (0.1, True)])
+def test_a_scene_at_another_ground_scale_than_the_training_scenes_is_warned_of(pixel, warned, rasters_grid,
+                                                                              spread_weights, tmp_path, capsys):
+    """The training scenes have 0.25 m pixels: a scene within 1.25 times of that is mapped without a word; one
+    farther off is mapped too, with one warning line that says by how much and how to resample it."""
+    scene = write_scene(tmp_path, SceneSpec("far", 40, 40, pixel=pixel))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = predict(capsys, rasters_grid, str(scene.image_path), *weights(spread_weights), "--output",
+                               str(tmp_path / "maps"))
+    assert code == 0, err
+    assert (tmp_path / "maps" / "far_classes.tif").exists()
+    lines = [str(w.message) for w in caught if "on the ground" in str(w.message)]
+    if warned:
+        (line,) = lines
+        assert f"its pixels are {pixel:g} m" in line and "the training scenes' 0.25 m" in line
+        assert f"{0.25 / pixel:.2g} times the size it learned" in line and "gdalwarp -tr 0.25 0.25" in line
+    else:
+        assert lines == []
+
+
+def test_no_ground_scale_is_checked_without_both_pixel_sizes(tmp_path):
+    """Training data of unknown pixel size (the synthetic scenes), or a scene without a projected CRS: no check."""
+    path = write_gradient(tmp_path / "gradient.tif", 40, 40)  # 0.25 m pixels
+    unknown = toy_predictor(WindowPosition())
+    assert pixel_size_warning(inspect_scene(path, unknown), unknown) is None
+    known = replace(unknown, pixel_sizes=(1.0,))
+    assert "its pixels are 0.25 m" in pixel_size_warning(inspect_scene(path, known), known)
+    with rasterio.open(path, "r+") as raster:
+        raster.crs = "EPSG:4326"  # degrees
+    assert pixel_size_warning(inspect_scene(path, known), known) is None
 
 
 class Counting:

@@ -504,3 +504,15 @@ def test_bench_prepare_grid_prepares_a_rasters_cache_that_a_run_then_opens(rgb8,
     before = sorted(path.stat().st_mtime_ns for path in (tmp_path / "cache").rglob("*") if path.is_file())
     assert main(["run", "--grid", str(grid), "--set", cache, "--dry-run", "--out", str(tmp_path / "runs")]) == 0
     assert sorted(path.stat().st_mtime_ns for path in (tmp_path / "cache").rglob("*") if path.is_file()) == before
+
+
+def test_pixel_sizes_are_the_training_scenes_own(tmp_path):
+    """Training scenes at 0.25, 0.25 and 0.5 m, a validation scene at 2 m: the training scenes' two sizes, each once
+    (what bench predict checks a scene's pixels against)."""
+    write_layout(tmp_path, [SceneSpec("a", 40, 40), SceneSpec("b", 40, 40, seed=1),
+                            SceneSpec("c", 40, 40, seed=2, pixel=0.5), SceneSpec("d", 40, 40, seed=3, pixel=2.0)])
+    (tmp_path / "train.txt").write_text("a\nb\nc\n")
+    (tmp_path / "val.txt").write_text("d\n")
+    dataset = registry.create_dataset("rasters", root=str(tmp_path), classes=CLASSES, tile_size=32,
+                                      split={"train": "train.txt", "val": "val.txt"}, cache_dir=str(tmp_path / "c"))
+    assert dataset.pixel_sizes == (0.25, 0.5)

@@ -338,6 +338,9 @@ class LandCoverAI:
     class_names = CLASS_NAMES
     in_chans = 3
     splits = SPLITS
+    # the orthophotos' pixels: 33 at 25 cm and 8 at 50 cm (Boguszewski et al., LandCover.ai), what `bench predict`
+    # checks a scene's pixels against
+    pixel_sizes = (0.25, 0.5)
 
     def __init__(self, cache: TileCache, normalization: str = "train"):
         self.cache = cache

@@ -44,6 +44,7 @@ paired by ``{id}`` patterns, with colour masks): what differs is said by :class:
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +134,18 @@ def opened(path: Path, what: str):
             source = rasterio.open(path)
         with source:
             yield source
+
+
+def pixel_area_m2(crs: Any, transform: Any) -> float | None:
+    """A pixel's area in square metres, from a raster's transform and its CRS's unit; None when the CRS has no
+    length unit (geographic, or none)."""
+    if crs is None or not crs.is_projected:
+        return None
+    try:
+        _, metres = crs.linear_units_factor
+    except Exception:  # noqa: BLE001  (rasterio's CRSError: a unit it cannot say)
+        return None
+    return abs(transform.a * transform.e - transform.b * transform.d) * metres ** 2
 
 
 def _check_png_end(source: Any, path: Path, what: str) -> None:
@@ -967,18 +980,34 @@ class SceneToScore:
 
 class Rasters(CachedTiles):
     """Prepared rasters (or tiles): splits as read-only memory maps (see the module docstring), ``rgb_bands`` and,
-    with the options that made them (``options``, for rasters), the test scenes to score whole (``test_scenes``) and
-    any other pair of rasters read with the same class table (:meth:`scene`)."""
+    with the options that made them (``options``, for rasters), the test scenes to score whole (``test_scenes``), any
+    other pair of rasters read with the same class table (:meth:`scene`) and the training scenes' pixel sizes
+    (:attr:`pixel_sizes`)."""
 
     def __init__(self, cache: TileCache, rgb_bands: list[int] | None = None, options: Options | None = None):
         super().__init__(cache.manifest["source"]["dataset"], cache)
         self.rgb_bands = rgb_positions(rgb_bands, cache.manifest)
         self.test_scenes: tuple[SceneToScore, ...] = ()
+        self._options = options
         if options is not None:
             self.scene = functools.partial(SceneToScore, options=options)
             names = cache.manifest["scenes"].get("test", [])
             pairs = find_pairs(options) if names else {}
             self.test_scenes = tuple(self.scene(*pairs[name]) for name in names)
+
+    @functools.cached_property
+    def pixel_sizes(self) -> tuple[float, ...]:
+        """The ground sides (metres, to 0.1 mm) of the training scenes' pixels, each once, from their headers;
+        empty when none has a projected CRS (or the tiles came from no rasters)."""
+        names = self.cache.manifest.get("scenes", {}).get("train", []) if self._options is not None else []
+        pairs = find_pairs(self._options) if names else {}
+        sizes = set()
+        for name in names:
+            with opened(pairs[name][0], self._options.words.image) as source:
+                area = pixel_area_m2(source.crs, source.transform)
+            if area:
+                sizes.add(round(math.sqrt(area), 4))
+        return tuple(sorted(sizes))
 
 
 TEST_KWARGS = {"classes": ["background", "building", "woodland", "water", "road"], "tile_size": 64,
