@@ -8,14 +8,17 @@ fresh process:
 
 - ``read``: rasterio reads the windows the preparation reads (one row of 512-pixel tiles, all bands, and the label
   band), under the same GDAL settings, and does nothing else;
-- ``prepare``: ``registry.datasets.rasters.prepare`` builds the cache from nothing;
-- ``disk``: writes as many bytes as the cache holds to one file under the same folder, in 8 MiB pieces, and fsyncs
-  it: the time a durable cache of that size needs on this disk, whatever produces it.
+- ``prepare``: ``registry.datasets.rasters.prepare`` builds the cache from nothing (by direct I/O where it can);
+- ``prepare-page-cache``: the same, its tiles written through the page cache alone (as before direct I/O);
+- ``disk``: writes as many bytes as the cache holds to one file under the same folder, through the page cache, in
+  8 MiB pieces, and fsyncs it: what making a durable file of that size through the page cache costs on this machine.
+
+After each preparation the same process reads every page of the cache once (``read back``), as a first epoch
+right after it would: the page cache that direct I/O does not fill is filled then.
 
 It reports each one's fastest and median run, and the ratios of the fastest: ``prepare / read`` (the target) and
-``disk / read``, the ratio below which no preparation that leaves its cache on the disk can go. Peak memory is each
-process's maximum resident set size (``getrusage``), beside the same process's size once its imports are done.
-Everything written is deleted at the end.
+``disk / read``. Peak memory is each process's maximum resident set size (``getrusage``), beside the same process's
+size once its imports are done. Everything written is deleted at the end.
 
     .venv/bin/python scripts/measure_rasters_prepare.py [--size 9500] [--runs 5] [--tmp /tmp]
 """
@@ -35,21 +38,24 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODES = ("read", "prepare", "disk")
+MODES = ("read", "prepare", "prepare-page-cache", "disk")
 
 CHILD = r"""
 import json, os, resource, sys, time
 from pathlib import Path
 sys.path[:0] = [{repo!r}, {tests!r}]
+import numpy as np
 from raster_layout import read_windows
-from registry.datasets import rasters
+from registry.datasets import rasters, tile_cache
 mode, root, cache, size = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-started = time.perf_counter()
+started, read_back = time.perf_counter(), None
 if mode == "read":
     read_windows([(root / "images" / f"{{name}}.tif", root / "labels" / f"{{name}}.tif")
                   for name in ("scene-0", "scene-1")], 512)
-elif mode == "prepare":
+elif mode.startswith("prepare"):
+    if mode == "prepare-page-cache":
+        tile_cache.O_DIRECT = 0
     rasters.prepare(root, classes=["background", "building", "woodland", "water", "road"], tile_size=512,
                     split={{"train": "train.txt", "val": "val.txt"}}, cache_dir=cache)
 else:
@@ -61,7 +67,12 @@ else:
         os.fsync(f.fileno())
 seconds = time.perf_counter() - started
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({{"seconds": seconds, "peak_mb": peak, "after_imports_mb": imported}}))
+if mode.startswith("prepare"):
+    started = time.perf_counter()
+    for path in cache.rglob("*.npy"):
+        int(np.load(path, mmap_mode="r").reshape(-1).view(np.uint8)[::4096].sum())  # every page, once
+    read_back = time.perf_counter() - started
+print(json.dumps({{"seconds": seconds, "peak_mb": peak, "after_imports_mb": imported, "read_back": read_back}}))
 """
 
 
@@ -77,7 +88,7 @@ def run(mode: str, root: Path, cache: Path, cache_bytes: int) -> dict:
     done = subprocess.run([sys.executable, "-c", code, mode, str(root), str(cache), str(cache_bytes)], check=True,
                           capture_output=True, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    if mode == "prepare":
+    if mode.startswith("prepare"):
         result["cache_bytes"] = folder_bytes(cache)
     shutil.rmtree(cache, ignore_errors=True)
     return result
@@ -116,10 +127,13 @@ def main() -> None:
             fastest[mode] = min(seconds)
             peak = max(result["peak_mb"] for result in runs)
             imported = max(result["after_imports_mb"] for result in runs)
-            print(f"{mode:8s} fastest {min(seconds):6.2f} s, median {statistics.median(seconds):6.2f} s   "
-                  f"peak RSS {peak:6.0f} MB (after imports {imported:.0f} MB)")
-        print(f"prepare / read = {fastest['prepare'] / fastest['read']:.2f} (fastest runs); "
-              f"disk / read = {fastest['disk'] / fastest['read']:.2f} (the floor of a durable cache on this disk)")
+            back = [result["read_back"] for result in runs if result["read_back"] is not None]
+            print(f"{mode:18s} fastest {min(seconds):6.2f} s, median {statistics.median(seconds):6.2f} s   "
+                  f"peak RSS {peak:6.0f} MB (after imports {imported:.0f} MB)"
+                  + (f"   read back: median {statistics.median(back):.2f} s" if back else ""))
+        print(f"prepare / read = {fastest['prepare'] / fastest['read']:.2f} (fastest runs); prepare-page-cache / read "
+              f"= {fastest['prepare-page-cache'] / fastest['read']:.2f}; disk / read = "
+              f"{fastest['disk'] / fastest['read']:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -5,7 +5,8 @@ uint8, int8 or int16 (where ``-1`` marks a pixel that is not annotated), any num
 
 A dataset fills the cache in **units** (an orthophoto, a batch of tile files), each named by a key and fingerprinted by
 its source files. Tiles are written in place with ``pwrite`` (not through a memory map, so the writer's memory stays
-one unit's worth however large the cache). After each unit the data are synced and the unit is recorded in
+one unit's worth however large the cache), by direct I/O where the file system and the tile size allow it
+(:class:`_TileFile`). After each unit the data are synced and the unit is recorded in
 ``progress.json``; ``manifest.json``, written last and atomically, is what marks the cache complete. So an interrupted
 or failed preparation leaves no cache that claims to be complete, and the next run redoes only the units that are
 missing or whose source files changed since.
@@ -17,8 +18,10 @@ cache is reported, its damaged files are removed, and it is prepared again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import mmap
 import os
 import time
 import warnings
@@ -42,6 +45,9 @@ SPLITS = ("train", "val", "test")  # the contract's splits, in the order caches 
 IMAGE_DTYPES = ("uint8", "uint16", "float32")
 MASK_DTYPES = ("uint8", "int8", "int16")
 IOV_MAX = os.sysconf("SC_IOV_MAX")  # the most buffers one pwritev takes
+# Direct I/O (O_DIRECT) needs offsets, lengths and buffers aligned to the device's logical block (512 or 4096 bytes).
+DIRECT_ALIGN = 4096
+O_DIRECT = getattr(os, "O_DIRECT", 0)  # 0: the system has none (not Linux)
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,85 @@ def _record(path: Path, sha256: str | None = None) -> dict[str, Any]:
     return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256 or _sha256(path)}
 
 
+def _create_array(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """An .npy file (format 1.0) for an array of ``shape`` and ``dtype``, sized without writing its data (sparse),
+    with its header padded so that the data start at ``DIRECT_ALIGN`` bytes (``np.load`` reads any header length):
+    what lets its tiles be written by direct I/O."""
+    header = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                   "shape": tuple(shape)}).encode("latin1")
+    prefix = np.lib.format.magic(1, 0)
+    length = DIRECT_ALIGN - len(prefix) - 2  # the header's length is a little-endian uint16
+    with open(path, "wb") as f:
+        f.write(prefix + length.to_bytes(2, "little") + header.ljust(length - 1) + b"\n")
+        f.truncate(DIRECT_ALIGN + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+
+
+class _TileFile:
+    """An array file of the cache open for writing its tiles at ``offset + index * tile bytes``.
+
+    By direct I/O when the file system takes it and the data offset and the tile's bytes are multiples of
+    ``DIRECT_ALIGN`` (a tile is copied into a page-aligned buffer, then written from there to the disk): the bytes go
+    past the page cache, which on a machine that hands its free memory back to its host costs more than the disk
+    (docs/datasets.md, "How it reads"). Otherwise, or when the first direct write is refused, through the page cache:
+    the tile's rows written with ``pwritev`` (no copy) and their writeback started at once, so that the unit's fsync
+    finds them written."""
+
+    def __init__(self, path: Path, offset: int, tile_bytes: int):
+        self.path, self.offset, self.tile_bytes = path, offset, tile_bytes
+        self.fd = os.open(path, os.O_RDWR)
+        self.direct_fd: int | None = None
+        if O_DIRECT and offset % DIRECT_ALIGN == 0 and tile_bytes % DIRECT_ALIGN == 0:
+            try:
+                self.direct_fd = os.open(path, os.O_WRONLY | O_DIRECT)
+            except OSError:  # a file system without direct I/O (tmpfs, some network ones)
+                pass
+            else:
+                self._staging = mmap.mmap(-1, tile_bytes)  # anonymous, so page-aligned
+
+    @property
+    def direct(self) -> bool:
+        return self.direct_fd is not None
+
+    def write(self, index: int, tile: np.ndarray) -> None:
+        start = self.offset + index * self.tile_bytes
+        if self.direct_fd is not None:
+            np.copyto(np.frombuffer(self._staging, tile.dtype).reshape(tile.shape), tile)
+            try:
+                written = os.pwrite(self.direct_fd, self._staging, start)
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise
+                self._stop_direct()  # alignment the device does not take after all: the page cache it is
+            else:
+                if written != self.tile_bytes:
+                    raise OSError(f"{self.path}: short write ({written} bytes)")
+                return
+        parts = _contiguous_parts(tile)
+        for group in range(0, len(parts), IOV_MAX):
+            chunk = parts[group:group + IOV_MAX]
+            written = os.pwritev(self.fd, chunk, start)
+            if written != sum(part.nbytes for part in chunk):
+                raise OSError(f"{self.path}: short write ({written} bytes)")
+            start += written
+        start_writeback(self.fd, self.offset + index * self.tile_bytes, self.tile_bytes)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)  # the file's, whichever descriptor wrote it
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        self._stop_direct()
+        os.close(self.fd)
+
+    def _stop_direct(self) -> None:
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+            self.direct_fd = None
+            self._staging.close()
+
+
 def _contiguous_parts(tile: np.ndarray) -> list[np.ndarray]:
     """``tile``'s bytes in order, as contiguous arrays without copying them: the tile itself, or, for a tile cut out
     of a wider window, its rows (written with one ``pwritev``, which is faster than copying the tile first)."""
@@ -194,7 +279,7 @@ class TileCacheWriter:
     def __init__(self, folder: Path, plan: CachePlan):
         self.folder = Path(folder)
         self.plan = plan
-        self._files: dict[tuple[str, str], tuple[int, int]] = {}  # (split, kind) -> (fd, data offset)
+        self._files: dict[tuple[str, str], _TileFile] = {}  # by (split, kind)
         self._digests: dict[tuple[str, str], _RunningDigest] = {}  # of the files started afresh
         self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-cache-sha256")
         # Another process preparing the same cache (two cells starting on one machine) is waited for: it may
@@ -215,13 +300,13 @@ class TileCacheWriter:
                 self._files[split, kind] = self._open(split, kind)
                 if fresh:
                     self._digests[split, kind] = _RunningDigest(_array_path(self.folder, split, kind),
-                                                                self._files[split, kind][1], self._hashing)
+                                                                self._files[split, kind].offset, self._hashing)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._hashing.shutdown(cancel_futures=True)
-        for fd, _ in self._files.values():
-            os.close(fd)
+        for file in self._files.values():
+            file.close()
         self._files.clear()
         self._lock.__exit__(*exc)
 
@@ -236,12 +321,10 @@ class TileCacheWriter:
             path.unlink(missing_ok=True)
         for split in self.plan.ids:
             for kind in ("images", "masks"):
-                # open_memmap writes the .npy header and sizes the file (sparse) without touching its pages.
-                array = np.lib.format.open_memmap(_array_path(self.folder, split, kind), mode="w+",
-                                                  dtype=self.plan.dtype(kind), shape=self.plan.shape(split, kind))
-                del array
+                _create_array(_array_path(self.folder, split, kind), self.plan.dtype(kind),
+                              self.plan.shape(split, kind))
 
-    def _open(self, split: str, kind: str) -> tuple[int, int]:
+    def _open(self, split: str, kind: str) -> _TileFile:
         path = _array_path(self.folder, split, kind)
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -251,7 +334,7 @@ class TileCacheWriter:
             offset = f.tell()
         if shape != self.plan.shape(split, kind) or dtype != self.plan.dtype(kind):
             raise UserError(f"{path}: unexpected array {shape} {dtype} in the cache; delete {self.folder} and retry")
-        return os.open(path, os.O_RDWR), offset
+        return _TileFile(path, offset, int(np.prod(shape[1:])) * dtype.itemsize)
 
     def needs(self, key: str, fingerprint: str) -> bool:
         """Whether unit ``key`` must be (re)written: never finished, or its source files changed since."""
@@ -263,26 +346,19 @@ class TileCacheWriter:
 
     def write(self, split: str, index: int, image: np.ndarray, mask: np.ndarray) -> None:
         for kind, tile in (("images", image), ("masks", mask)):
-            fd, offset = self._files[split, kind]
+            file = self._files[split, kind]
             expected, dtype = self.plan.shape(split, kind)[1:], self.plan.dtype(kind)
             if tile.shape != expected or tile.dtype != dtype:
                 raise ValueError(f"tile {split}[{index}] {kind}: got {tile.shape} {tile.dtype}, "
                                  f"expected {expected} {dtype}")
-            start, parts = offset + index * tile.nbytes, _contiguous_parts(tile)
-            for group in range(0, len(parts), IOV_MAX):
-                chunk = parts[group:group + IOV_MAX]
-                written = os.pwritev(fd, chunk, start)
-                if written != sum(part.nbytes for part in chunk):
-                    raise OSError(f"{_array_path(self.folder, split, kind)}: short write ({written} bytes)")
-                start += written
-            start_writeback(fd, offset + index * tile.nbytes, tile.nbytes)  # so unit_done's fsync finds it written
+            file.write(index, tile)
             if (split, kind) in self._digests:
-                self._digests[split, kind].wrote(offset + index * tile.nbytes, tile)
+                self._digests[split, kind].wrote(file.offset + index * tile.nbytes, tile)
 
     def unit_done(self, key: str, fingerprint: str, tiles: int, payload: dict[str, Any]) -> None:
         """Record unit ``key`` as written (after syncing its tiles to disk), with a payload kept for :meth:`finish`."""
-        for fd, _ in self._files.values():
-            os.fsync(fd)
+        for file in self._files.values():
+            file.sync()
         self.units[key] = {"fingerprint": fingerprint, "tiles": tiles, "payload": payload}
         _write_json(self.folder / PROGRESS, {"plan": self.plan.key, "units": self.units})
 
@@ -299,13 +375,12 @@ class TileCacheWriter:
             del self.units[key]
         if stale:
             _write_json(self.folder / PROGRESS, {"plan": self.plan.key, "units": self.units})
-        for fd, _ in self._files.values():
-            os.fsync(fd)
+        for file in self._files.values():
+            file.sync()
         arrays = {}
-        for (split, kind), (fd, _) in self._files.items():
-            path = _array_path(self.folder, split, kind)
+        for (split, kind), file in self._files.items():
             digest = self._digests.get((split, kind))
-            arrays[path.name] = _record(path, digest and digest.hexdigest(os.fstat(fd).st_size))
+            arrays[file.path.name] = _record(file.path, digest and digest.hexdigest(file.size()))
         manifest = {"format": FORMAT, "plan": self.plan.key, "ids": self.plan.ids, "tile_size": self.plan.tile_size,
                     "in_chans": self.plan.in_chans, "image_dtype": self.plan.image_dtype,
                     "mask_dtype": self.plan.mask_dtype, "source": self.plan.source,
