@@ -173,20 +173,42 @@ def read_windows(pairs: list[tuple[Path, Path]], tile: int) -> None:
                     lbl.read(1, window=window)
 
 
+def positive(text: str) -> int:
+    """A command-line side in pixels; argparse's one-line error for anything else."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is no whole number of pixels from 1")
+    return value
+
+
+def scene_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH``, each a :func:`positive` side."""
+    parts = text.lower().split("x")
+    try:
+        if len(parts) == 2:
+            return positive(parts[0]), positive(parts[1])
+    except argparse.ArgumentTypeError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH in pixels from 1 (such as 2000x3000)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
-    parser.add_argument("--size", nargs="+", default=["9500x9500"], help="HEIGHTxWIDTH of each scene")
+    parser.add_argument("--size", nargs="+", type=scene_size, default=[(9500, 9500)],
+                        help="HEIGHTxWIDTH of each scene")
     parser.add_argument("--bands", type=int, choices=(3, 4), default=4)
     parser.add_argument("--dtype", choices=("uint8", "uint16", "float32"), default="uint16")
-    parser.add_argument("--tile", type=int, default=MOSAIC_TILE,
+    parser.add_argument("--tile", type=positive, default=MOSAIC_TILE,
                         help=f"side of the synthetic scenes in the mosaic (default {MOSAIC_TILE}); a grid's tile_size "
                              "gives scenes at its training scale")
     parser.add_argument("--image-nodata", type=int, metavar="VALUE",
                         help="the images' nodata value, written over every band of their bottom right sixth")
     args = parser.parse_args()
-    for index, size in enumerate(args.size):
-        height, width = (int(v) for v in size.lower().split("x"))
+    for index, (height, width) in enumerate(args.size):
         write_scene(args.root, SceneSpec(f"scene-{index}", height, width, args.bands, args.dtype, seed=index,
                                          tile=args.tile, image_nodata=args.image_nodata), keep=False)
 
