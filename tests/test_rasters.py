@@ -47,6 +47,16 @@ def nir16(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def holes(tmp_path_factory):
+    """Four-band uint16 scenes whose images hold no data over their bottom right sixth: two by a nodata value (0) on
+    every band, two by an internal mask; their label rasters have a nodata block too."""
+    root = tmp_path_factory.mktemp("rasters-holes")
+    return root, write_layout(root, [SceneSpec(f"s{i}", h, w, 4, "uint16", seed=i, nodata=255,
+                                               **({"image_nodata": 0} if i % 2 else {"image_mask": True}))
+                                     for i, (h, w) in enumerate(SIZES)])
+
+
+@pytest.fixture(scope="module")
 def float32(tmp_path_factory):
     root = tmp_path_factory.mktemp("rasters-float32")
     return root, write_layout(root, specs("float32", 3))
@@ -79,11 +89,14 @@ def independent_cut(scene, tile: int, stride: int, edge: str, table: dict[int, i
     """[(id, image [T, T, C], mask [T, T])] of a scene."""
     with rasterio.open(scene.image_path) as src:
         image = src.read(bands)
+        # no data: every band read at the image's nodata value, or hidden by its mask (as written)
+        hole = (image == src.nodata).all(axis=0) if src.nodata is not None else src.read_masks(1) == 0
     with rasterio.open(scene.label_path) as lbl:
         label, nodata = lbl.read(1), lbl.nodata
     classes = np.array([table.get(v, -2) for v in range(256)], np.int16)[label]
     if nodata is not None:
         classes[label == nodata] = -1
+    classes[hole] = -1
     assert (classes != -2).all()
     height, width = label.shape
     padded_image = np.zeros((image.shape[0], height + tile, width + tile), image.dtype)
@@ -114,12 +127,26 @@ IDENTITY = {v: v for v in range(5)}
 
 @pytest.mark.parametrize("fixture, edge, stride", [
     ("rgb8", "pad", None), ("rgb8", "drop", 96), ("rgb8", "pad", 100), ("nir16", "pad", None),
-    ("nir16", "drop", None), ("float32", "pad", 160),
+    ("nir16", "drop", None), ("float32", "pad", 160), ("holes", "pad", None), ("holes", "drop", 100),
 ])
 def test_tiles_equal_an_independent_cut(fixture, edge, stride, request, tmp_path):
     root, scenes = request.getfixturevalue(fixture)
     cache = cut(root, tmp_path, edge=edge, stride=stride)
     assert_cache_is_the_independent_cut(cache, scenes, 128, stride or 128, edge, IDENTITY)
+
+
+def test_pixels_the_images_hold_no_data_for_are_not_annotated_and_only_those_caches_say_so(holes, rgb8, tmp_path):
+    """Whatever the labels hold there (the fixture's are classes), and in a cache of their own: the plan of scenes
+    without such pixels, and so their cache, is what it was."""
+    root, scenes = holes
+    cache = cut(root, tmp_path / "holes")
+    dataset = registry.datasets.rasters.Rasters(cache)
+    masks = np.concatenate([dataset.split(split)[1] for split in dataset.splits])
+    assert cache.manifest["source"]["image_nodata"] == "not annotated"
+    assert cache.manifest["unannotated"] == int((masks < 0).sum()) > sum(
+        int((scene.label == 255).sum()) for scene in scenes.values())
+    plain = cut(rgb8[0], tmp_path / "plain")
+    assert "image_nodata" not in plain.manifest["source"]
 
 
 def test_dtypes_are_kept_and_masks_are_uint8_only_without_unannotated_pixels(rgb8, nir16, float32, tmp_path):

@@ -380,6 +380,9 @@ class Scene:
     width: int
     files: tuple[Path, ...]  # every file GDAL reads for the two (sidecars too): the scene's fingerprint
     label_nodata: float | None
+    # the image declares pixels without data on the bands read (a nodata value, an alpha band or a mask): those are
+    # not annotated, whatever their labels say
+    image_masked: bool = False
 
     @property
     def key(self) -> str:
@@ -448,6 +451,8 @@ def _check_label_bands(lbl: Any, label: Path, options: Options) -> None:
 def inspect_scene(name: str, image: Path, label: Path, options: Options) -> tuple[Scene, dict[str, Any]]:
     """The scene, from its two headers (sizes, CRS, transform, bands, dtypes checked), and what its image is:
     band count, dtype and colour interpretation."""
+    from rasterio.enums import MaskFlags
+
     words = options.words
     with opened(image, words.image) as src, opened(label, words.label) as lbl:
         if (src.height, src.width) != (lbl.height, lbl.width):
@@ -475,7 +480,8 @@ def inspect_scene(name: str, image: Path, label: Path, options: Options) -> tupl
         described = {"count": src.count, "dtype": next(iter(dtypes)),
                      "colours": [src.colorinterp[band - 1].name for band in bands]}
         nodata = None if options.colours else lbl.nodata
-        return Scene(name, image, label, src.height, src.width, files, nodata), described
+        masked = any(MaskFlags.all_valid not in src.mask_flag_enums[band - 1] for band in bands)
+        return Scene(name, image, label, src.height, src.width, files, nodata, masked), described
 
 
 def inspect_scenes(pairs: dict[str, tuple[Path, Path]], names: list[str],
@@ -771,6 +777,8 @@ def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, band
             pixels = np.empty((height, window.width, len(bands)), dtype)  # pixel-interleaved, as tiles are
             with reading(scene.image, words.image):
                 src.read(list(bands), window=window, out=pixels.transpose(2, 0, 1))  # GDAL follows the strides
+                # which pixels hold data: any band read does (GDAL's masks), as bench predict reads them
+                valid = src.read_masks(list(bands), window=window).any(axis=0) if scene.image_masked else None
             with reading(scene.label, words.label):
                 labels = _read_labels(lbl, window, options.colours)
         if dtype.kind == "f" and not np.isfinite(pixels).all():
@@ -779,6 +787,8 @@ def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, band
         mapped = map_labels(labels, lookup, options.table, scene.label_nodata)
         if mapped.min(initial=0) == NOT_CLASS:
             raise _not_classes_error(scene.label, labels, mapped, options)
+        if valid is not None:
+            mapped[~valid] = -1
         return pixels, mapped.astype(mask_dtype)
 
     try:
@@ -837,7 +847,8 @@ def _mask_dtype(options: Options, scenes: list[Scene], may_pad: bool) -> str:
     """uint8 when no pixel can be unannotated (nothing padded, ignored or nodata), else int8 (int16 above 127
     classes); a dataset whose int8 masks turn out to have no -1 serves them as uint8 (see Rasters.split)."""
     classes = len(options.class_names)
-    if not may_pad and -1 not in options.table.values() and all(s.label_nodata is None for s in scenes):
+    if not may_pad and -1 not in options.table.values() and all(s.label_nodata is None and not s.image_masked
+                                                                for s in scenes):
         return "uint8" if classes <= 256 else "int16"
     return "int8" if classes <= 127 else "int16"
 
@@ -870,6 +881,8 @@ def plan_cache(options: Options, found: Found | None = None
     source = {"dataset": options.words.dataset, **options.identity(), "bands": list(bands),
               "resize": "none" if options.output_size == options.tile_size
               else "image area (OpenCV), mask nearest pixel centre"}
+    if any(scene.image_masked for scene in scenes.values()):  # only then: the caches of other scenes stay as they are
+        source["image_nodata"] = "not annotated"
     plan = CachePlan(ids, options.output_size, len(bands), source, image_dtype=described["dtype"],
                      mask_dtype=_mask_dtype(options, list(scenes.values()), may_pad))
     return plan, by_split, {**described, "bands": bands}, options
