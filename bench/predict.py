@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from bench.data import Normalizer
 from bench.device import Precision
 from bench.windows import Layout, RowBand, dihedral, reflect, undo_dihedral
-from registry.datasets.rasters import GDAL_CACHE_MB, opened, pixel_area_m2, reading
+from registry.datasets.rasters import GDAL_CACHE_MB, declares_no_data, holds_data, opened, pixel_area_m2, reading
 from registry.datasets.tile_cache import resize_area
 from registry.errors import UserError
 
@@ -142,20 +142,17 @@ def label_path(pattern: str, image: Path) -> Path:
 def inspect_scene(path: Path, predictor: Predictor, labels: str | None = None) -> Scene:
     """``path``'s header, checked against the training data (bands, dtype), and its label raster's (there, the same
     size); one line for what does not fit."""
-    from rasterio.enums import MaskFlags
-
     with opened(path, "raster") as source:
         scene = Scene(path, source.height, source.width, source.count, np.dtype(source.dtypes[0]), source.crs,
                       source.transform)
-        flags = source.mask_flag_enums
-    if predictor.bands is None and scene.count != predictor.in_chans:
-        raise UserError(f"{path}: has {scene.count} bands; the grid's training data has {predictor.in_chans}")
-    if predictor.bands is not None and max(predictor.bands) > scene.count:
-        raise UserError(f"{path}: has {scene.count} bands; the grid's training data reads bands "
-                        f"{', '.join(map(str, predictor.bands))}")
-    if scene.dtype != predictor.dtype:
-        raise UserError(f"{path}: holds {scene.dtype}; the grid's training data is {predictor.dtype}")
-    scene = replace(scene, masked=any(MaskFlags.all_valid not in flags[band - 1] for band in bands_read(predictor)))
+        if predictor.bands is None and scene.count != predictor.in_chans:
+            raise UserError(f"{path}: has {scene.count} bands; the grid's training data has {predictor.in_chans}")
+        if predictor.bands is not None and max(predictor.bands) > scene.count:
+            raise UserError(f"{path}: has {scene.count} bands; the grid's training data reads bands "
+                            f"{', '.join(map(str, predictor.bands))}")
+        if scene.dtype != predictor.dtype:
+            raise UserError(f"{path}: holds {scene.dtype}; the grid's training data is {predictor.dtype}")
+        scene = replace(scene, masked=declares_no_data(source, bands_read(predictor)))
     if labels is None:
         return scene
     truth = label_path(labels, path)
@@ -189,15 +186,6 @@ def bands_read(predictor: Predictor) -> list[int]:
     """The raster band numbers (from 1) that the predictor reads of a scene (whose band count, without ``bands``,
     is the training data's: :func:`inspect_scene`)."""
     return list(predictor.bands or range(1, predictor.in_chans + 1))
-
-
-def valid_pixels(source, row: int, rows: int, bands: list[int]) -> np.ndarray:
-    """Which pixels of the scene's rows ``row .. row + rows`` hold data ``[rows, width]`` (bool): those that any of
-    ``bands`` holds data for, as GDAL's masks say (its nodata value, alpha band or mask; a pixel whose every band
-    equals the nodata value holds none)."""
-    from rasterio.windows import Window
-
-    return source.read_masks(bands, window=Window(0, row, source.width, rows)).any(axis=0)
 
 
 # -- predicting ------------------------------------------------------------------------------------------------------
@@ -320,6 +308,8 @@ def blended_rows(predictor: Predictor, scene: Scene, layout: Layout, tta: bool =
     width] on the device, which of those pixels hold data [rows, width] or None when the scene declares no pixel
     without)``; ``done(windows)`` after each batch. Call it under ``torch.inference_mode()`` and
     ``intra_op_threads(1)``."""
+    from rasterio.windows import Window
+
     band = RowBand(layout, predictor.num_classes, predictor.device)
     with opened(scene.path, "raster") as source, ExitStack() as stack:
         # the reader thread has its own dataset: GDAL's are not to be shared between threads
@@ -330,7 +320,7 @@ def blended_rows(predictor: Predictor, scene: Scene, layout: Layout, tta: bool =
                 valid = None
                 if masks is not None:
                     with reading(scene.path, "raster"):
-                        valid = valid_pixels(masks, row, probs.shape[1], bands_read(predictor))
+                        valid = holds_data(masks, bands_read(predictor), Window(0, row, scene.width, probs.shape[1]))
                 yield row, probs, valid
 
         for positions, tiles in ahead(window_batches(source, layout, predictor), scene.path):

@@ -196,7 +196,7 @@ def tile_predictions(weights: Path, image: np.ndarray) -> np.ndarray:
 
 def test_windows_that_are_tiles_give_the_tile_predictions(trained, scenes, spread_weights, tmp_path, capsys):
     grid, _ = trained
-    root, written = scenes
+    _, written = scenes
     code, _, err = predict(capsys, grid, str(written["tiles"].image_path), "--arch", ARCH, "--weights",
                            str(spread_weights), "--overlap", "0", "--output", str(tmp_path / "maps"))
     assert code == 0, err
@@ -237,7 +237,7 @@ def test_the_map_reads_back_on_the_sources_grid_with_its_colours_and_names(cog, 
 
 def test_the_area_table_sums_to_the_scene(trained, scenes, spread_weights, tmp_path, capsys):
     grid, _ = trained
-    root, written = scenes
+    _, written = scenes
     code, _, err = predict(capsys, grid, str(written["a"].image_path), "--arch", ARCH, "--weights",
                            str(spread_weights), "--output", str(tmp_path))
     assert code == 0, err
@@ -455,7 +455,7 @@ def test_a_scene_scale_gives_a_map_on_the_source_grid(scale, trained, scenes, sp
     """0.75: windows of 43 source pixels resized to the 32-pixel tiles and the probabilities back; 1: no
     resampling at all."""
     grid, _ = trained
-    root, written = scenes
+    _, written = scenes
     monkeypatch.setattr(SyntheticScenes, "scale", scale, raising=False)
     resize = Counting(registry.datasets.tile_cache.cv2.resize)
     monkeypatch.setattr(registry.datasets.tile_cache.cv2, "resize", resize)
@@ -521,7 +521,7 @@ BAD = {
 @pytest.mark.parametrize("case", BAD)
 def test_bad_input_is_one_line_and_leaves_no_file(case, trained, scenes, spread_weights, tmp_path, capsys):
     grid, out = trained
-    root, written = scenes
+    _, written = scenes
     write, arguments, fragments = BAD[case]
     image = write(tmp_path) if write is not None else written["a"].image_path
     maps = tmp_path / "maps"
@@ -533,7 +533,7 @@ def test_bad_input_is_one_line_and_leaves_no_file(case, trained, scenes, spread_
 
 def test_an_output_folder_that_cannot_be_written_is_one_line(trained, scenes, tmp_path, capsys):
     grid, out = trained
-    root, written = scenes
+    _, written = scenes
     (tmp_path / "taken").write_text("a file where the folder should be\n")
     code, _, err = predict(capsys, grid, str(written["a"].image_path), "--out", str(out), "--output",
                            str(tmp_path / "taken"))
@@ -543,7 +543,7 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(trained, scenes, tm
 def test_a_failure_mid_scene_removes_its_files(trained, scenes, spread_weights, tmp_path, capsys, monkeypatch):
     """Whatever stops a scene halfway (here a write that fails on its third band of rows) leaves nothing of it."""
     grid, _ = trained
-    root, written = scenes
+    _, written = scenes
     calls = []
     original = SceneWriter.write
 

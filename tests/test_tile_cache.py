@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-import registry.datasets.tile_cache as tile_cache
+from registry.datasets import tile_cache
 from registry.datasets.tile_cache import DIRECT_ALIGN, CachePlan, TileCache, TileCacheWriter
 
 TILE, CHANNELS = 64, 4  # tiles of whole pages (a 64 x 64 int8 mask is one), which direct I/O can write

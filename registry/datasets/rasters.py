@@ -148,6 +148,20 @@ def pixel_area_m2(crs: Any, transform: Any) -> float | None:
     return abs(transform.a * transform.e - transform.b * transform.d) * metres ** 2
 
 
+def declares_no_data(source: Any, bands: list[int] | tuple[int, ...]) -> bool:
+    """Whether the raster open in ``source`` may hold pixels without data on ``bands`` (numbers from 1): a nodata
+    value, an alpha band or a mask, as GDAL's mask flags say."""
+    from rasterio.enums import MaskFlags
+
+    return any(MaskFlags.all_valid not in source.mask_flag_enums[band - 1] for band in bands)
+
+
+def holds_data(source: Any, bands: list[int] | tuple[int, ...], window: Any) -> np.ndarray:
+    """Which pixels of ``window`` of the raster open in ``source`` hold data ``[rows, columns]`` (bool): those that
+    any of ``bands`` does, as GDAL's masks say (a pixel whose every band is at the nodata value holds none)."""
+    return source.read_masks(list(bands), window=window).any(axis=0)
+
+
 def _check_png_end(source: Any, path: Path, what: str) -> None:
     """A PNG cut short is refused: GDAL's whole-image PNG reading (its fast path, which reads a tile file twice as
     fast as its line by line path) fills the missing rows without an error, so the file's end is checked instead."""
@@ -451,8 +465,6 @@ def _check_label_bands(lbl: Any, label: Path, options: Options) -> None:
 def inspect_scene(name: str, image: Path, label: Path, options: Options) -> tuple[Scene, dict[str, Any]]:
     """The scene, from its two headers (sizes, CRS, transform, bands, dtypes checked), and what its image is:
     band count, dtype and colour interpretation."""
-    from rasterio.enums import MaskFlags
-
     words = options.words
     with opened(image, words.image) as src, opened(label, words.label) as lbl:
         if (src.height, src.width) != (lbl.height, lbl.width):
@@ -480,8 +492,8 @@ def inspect_scene(name: str, image: Path, label: Path, options: Options) -> tupl
         described = {"count": src.count, "dtype": next(iter(dtypes)),
                      "colours": [src.colorinterp[band - 1].name for band in bands]}
         nodata = None if options.colours else lbl.nodata
-        masked = any(MaskFlags.all_valid not in src.mask_flag_enums[band - 1] for band in bands)
-        return Scene(name, image, label, src.height, src.width, files, nodata, masked), described
+        return Scene(name, image, label, src.height, src.width, files, nodata, declares_no_data(src, bands)), \
+            described
 
 
 def inspect_scenes(pairs: dict[str, tuple[Path, Path]], names: list[str],
@@ -777,8 +789,7 @@ def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, band
             pixels = np.empty((height, window.width, len(bands)), dtype)  # pixel-interleaved, as tiles are
             with reading(scene.image, words.image):
                 src.read(list(bands), window=window, out=pixels.transpose(2, 0, 1))  # GDAL follows the strides
-                # which pixels hold data: any band read does (GDAL's masks), as bench predict reads them
-                valid = src.read_masks(list(bands), window=window).any(axis=0) if scene.image_masked else None
+                valid = holds_data(src, bands, window) if scene.image_masked else None
             with reading(scene.label, words.label):
                 labels = _read_labels(lbl, window, options.colours)
         if dtype.kind == "f" and not np.isfinite(pixels).all():
