@@ -286,6 +286,29 @@ def test_mean_and_std_over_the_training_pixels_inside_the_rasters(fixture, scale
     assert np.allclose(dataset.std, pixels.std(0) / scale, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_mean_and_std_leave_out_the_pixels_the_images_hold_no_data_for(scale, holes, tmp_path):
+    """Against float64 over every pixel of the training scenes that holds data: the tiles of 128 pixels cover each
+    pixel once (edges padded); at scale 0.5 the same tiles at 64 pixels, each a mean of four source pixels (the
+    block of 2 x 2 under it) that counts where the pixel under its centre holds data."""
+    root, scenes = holes
+    dataset = registry.create_dataset("rasters", root=str(root), classes=CLASSES, tile_size=128, scale=scale,
+                                      cache_dir=str(tmp_path))
+    kept = []
+    for name in dataset.cache.manifest["scenes"]["train"]:
+        with rasterio.open(scenes[name].image_path) as src:
+            image = src.read().astype(np.float64)  # [bands, H, W]
+            hole = (image == src.nodata).all(axis=0) if src.nodata is not None else src.read_masks(1) == 0
+        if scale == 0.5:  # the scenes' sides are even or padded: the 2 x 2 blocks of the tiles, centre top-left-ish
+            height, width = (side // 2 * 2 for side in hole.shape)
+            blocks = image[:, :height, :width].reshape(len(image), height // 2, 2, width // 2, 2).mean((2, 4))
+            image, hole = blocks, hole[1:height:2, 1:width:2]
+        kept.append(image[:, ~hole].T)
+    pixels = np.concatenate(kept)
+    assert np.allclose(dataset.mean, pixels.mean(0) / 65535, rtol=1e-4, atol=1e-6)
+    assert np.allclose(dataset.std, pixels.std(0) / 65535, rtol=1e-4, atol=1e-6)
+
+
 def test_an_interrupted_prepare_resumes_at_the_first_unfinished_scene(nir16, tmp_path):
     root, _ = nir16
     first = cut(root, tmp_path / "straight")

@@ -27,7 +27,7 @@ a scene listed in none is left out.
 What the dataset serves: images ``[N, S, S, bands]`` of the rasters' dtype; masks ``[N, S, S]``, uint8 when no pixel
 is unannotated, else int8 (int16 above 127 classes); ``mean`` and ``std`` per band, in units of the dtype's scale
 (uint8 / 255, uint16 / 65535, float32 as is), over every pixel of the training tiles that lies inside its raster
-(annotated or not; the padding is left out).
+and holds data (annotated or not; the padding and the pixels without data are left out).
 
 Test scenes. The test split's scenes are served whole as well (``test_scenes``): every cell maps them with its best
 weights, as ``bench predict`` does, and its scores over whole scenes (edges included) are stored beside the test
@@ -67,6 +67,7 @@ from registry.datasets.tile_cache import (
     centre_indices,
     file_fingerprint,
     open_or_prepare,
+    resize_mask,
     whole_tile,
 )
 from registry.errors import UserError
@@ -768,9 +769,10 @@ class _OpenScene:
 
 
 def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, bands: tuple[int, ...],
-               dtype: np.dtype) -> Iterator[tuple[np.ndarray, np.ndarray, int, int]]:
-    """The scenes' tiles in order: ``(image [S, S, bands], mask [S, S], rows, columns)``, where the last two say how
-    much of the tile lies inside the raster. Windows of one row of tiles (at most ``READ_BYTES``) are read
+               dtype: np.dtype) -> Iterator[tuple[np.ndarray, np.ndarray, int, int, np.ndarray | None]]:
+    """The scenes' tiles in order: ``(image [S, S, bands], mask [S, S], rows, columns, data)``, where ``rows`` and
+    ``columns`` say how much of the tile lies inside the raster and ``data`` ``[S, S]`` (bool) which of its pixels
+    the image holds data for (None: all of them, the scene declaring no pixel without). Windows of one row of tiles (at most ``READ_BYTES``) are read
     (pixel-interleaved) and their labels mapped by a second thread, one window ahead of the tiles being cut, across
     the scenes' boundaries (GDAL and NumPy work without holding the GIL: a folder of small files is read while the
     tiles of the one before are written)."""
@@ -781,8 +783,8 @@ def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, band
              for window in _windows(scene, options, len(bands) * dtype.itemsize)]
     opened = _OpenScene(options)
 
-    def read(scene: Scene, y: int, height: int, xs: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The window's pixels ``[h, w, bands]`` and class indices ``[h, w]``, checked."""
+    def read(scene: Scene, y: int, height: int, xs: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The window's pixels ``[h, w, bands]``, class indices ``[h, w]``, checked, and which pixels hold data."""
         window = Window(xs[0], y, min(xs[-1] + tile, scene.width) - xs[0], height)
         with _gdal_settings(options):  # GDAL's settings are per thread
             src, lbl, lookup = opened.open(scene)
@@ -800,13 +802,13 @@ def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, band
             raise _not_classes_error(scene.label, labels, mapped, options)
         if valid is not None:
             mapped[~valid] = -1
-        return pixels, mapped.astype(mask_dtype)
+        return pixels, mapped.astype(mask_dtype), valid
 
     try:
         with ThreadPoolExecutor(max_workers=1) as reader:
             ahead = reader.submit(read, reads[0][0], *reads[0][1]) if reads else None
             for number, (scene, (y, height, xs)) in enumerate(reads):
-                pixels, mapped = ahead.result()
+                pixels, mapped, valid = ahead.result()
                 ahead = reader.submit(read, reads[number + 1][0], *reads[number + 1][1]) \
                     if number + 1 < len(reads) else None
                 x0 = xs[0]
@@ -815,9 +817,18 @@ def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, band
                     # whole tiles stay views of the window: the writer writes their rows without copying them
                     image, mask = whole_tile(pixels[:, x - x0:x - x0 + inside], mapped[:, x - x0:x - x0 + inside],
                                              tile, size)
-                    yield image, mask, height, inside
+                    data = None if valid is None else _data_tile(valid[:, x - x0:x - x0 + inside], tile, size)
+                    yield image, mask, height, inside, data
     finally:
         opened.close()  # the reading thread is done (the pool was shut down, waiting for it)
+
+
+def _data_tile(valid: np.ndarray, tile: int, size: int) -> np.ndarray:
+    """Which pixels of a tile hold data, at its stored side ``size``: ``valid`` (``[h, w]`` of its source pixels)
+    padded with False to ``tile`` pixels square and resized as masks are (:func:`resize_mask`)."""
+    padded = np.zeros((tile, tile), bool)
+    padded[:valid.shape[0], :valid.shape[1]] = valid
+    return resize_mask(padded, size)
 
 
 def inside_output(inside: int, tile: int, size: int) -> int:
@@ -922,11 +933,13 @@ def _write_units(writer: TileCacheWriter, todo: list[Unit], starts: dict[str, in
     for unit in todo:
         statistics, unannotated, count = Statistics(plan.in_chans, dtype), 0, 0
         start = starts[unit.scenes[0].key]  # a unit's scenes are consecutive in their split
-        for image, mask, rows, columns in cut_scenes(list(unit.scenes), options, mask_dtype, bands, dtype):
+        for image, mask, rows, columns, data in cut_scenes(list(unit.scenes), options, mask_dtype, bands, dtype):
             writer.write(unit.split, start + count, image, mask)
             if unit.split == "train":  # normalisation statistics come from the training split alone
-                statistics.add(image[:inside_output(rows, options.tile_size, options.output_size),
-                                     :inside_output(columns, options.tile_size, options.output_size)])
+                # the pixels inside the raster, those the image holds data for
+                inside = (slice(inside_output(rows, options.tile_size, options.output_size)),
+                          slice(inside_output(columns, options.tile_size, options.output_size)))
+                statistics.add(image[inside] if data is None else image[inside][data[inside]])
             if mask_dtype.kind == "i":
                 unannotated += int(np.count_nonzero(mask < 0))
             count += 1
