@@ -772,10 +772,10 @@ def cut_scenes(scenes: list[Scene], options: Options, mask_dtype: np.dtype, band
                dtype: np.dtype) -> Iterator[tuple[np.ndarray, np.ndarray, int, int, np.ndarray | None]]:
     """The scenes' tiles in order: ``(image [S, S, bands], mask [S, S], rows, columns, data)``, where ``rows`` and
     ``columns`` say how much of the tile lies inside the raster and ``data`` ``[S, S]`` (bool) which of its pixels
-    the image holds data for (None: all of them, the scene declaring no pixel without). Windows of one row of tiles (at most ``READ_BYTES``) are read
-    (pixel-interleaved) and their labels mapped by a second thread, one window ahead of the tiles being cut, across
-    the scenes' boundaries (GDAL and NumPy work without holding the GIL: a folder of small files is read while the
-    tiles of the one before are written)."""
+    the image holds data for (None: all of them, the scene declaring no pixel without). Windows of one row of tiles
+    (at most ``READ_BYTES``) are read (pixel-interleaved) and their labels mapped by a second thread, one window
+    ahead of the tiles being cut, across the scenes' boundaries (GDAL and NumPy work without holding the GIL: a
+    folder of small files is read while the tiles of the one before are written)."""
     from rasterio.windows import Window
 
     tile, size, words = options.tile_size, options.output_size, options.words
