@@ -12,10 +12,10 @@ Per scene ``STEM`` (the input's name without its suffix), in the output folder:
 - ``STEM_areas.csv``: per class, its pixels, its share of the scene and its hectares (from the transform, when the
   CRS's unit is a length), and a ``no data`` row when the source declares pixels without data;
 
+and, when label rasters are given, ``scores.json`` and ``scores.csv`` for all the scenes (:func:`write_scores`).
+
 Where the source holds no data (:attr:`bench.predict.Scene.masked`), the class map holds ``NO_CLASS`` and the
 confidence ``NO_CONFIDENCE``, each its file's nodata value, the quicklook is transparent, and no score counts them.
-
-and, when label rasters are given, ``scores.json`` and ``scores.csv`` for all the scenes (:func:`write_scores`).
 
 Every file is written under a temporary name beside its final one (``.NAME.partial``) and renamed once the scene's
 files are all whole; a failure, a Ctrl-C or a bad label value on the way removes them.
