@@ -566,3 +566,24 @@ def test_pixel_sizes_are_the_training_scenes_own(tmp_path):
     dataset = registry.create_dataset("rasters", root=str(tmp_path), classes=CLASSES, tile_size=32,
                                       split={"train": "train.txt", "val": "val.txt"}, cache_dir=str(tmp_path / "c"))
     assert dataset.pixel_sizes == (0.25, 0.5)
+
+
+@pytest.mark.parametrize("dtype, nodata", [("uint16", 0), ("float32", float("nan")), ("float32", -9999.0)])
+def test_which_pixels_hold_data_from_the_values_read_is_gdals_answer(dtype, nodata, tmp_path):
+    """From the values already read (what preparing does) or from GDAL's masks (a second read): the same pixels, for
+    a nodata value on every band, on one band only (the pixel holds data), and NaN."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 1000, (3, 40, 50)).astype(dtype)
+    image[:, 5:15, 5:25] = nodata  # every band: no data
+    image[0, 20:30, 10:20] = nodata  # one band: data all the same
+    path = tmp_path / "scene.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=40, width=50, count=3, dtype=dtype, nodata=nodata,
+                       crs="EPSG:2180", transform=pixel_grid((0.0, 0.0))) as target:
+        target.write(image)
+    window = rasterio.windows.Window(3, 2, 40, 30)
+    with rasterio.open(path) as source:
+        pixels = np.moveaxis(source.read(window=window), 0, -1)
+        from_values = registry.datasets.rasters.holds_data(source, [1, 2, 3], window, pixels)
+        from_gdal = registry.datasets.rasters.holds_data(source, [1, 2, 3], window)
+    assert from_values.tolist() == from_gdal.tolist()
+    assert 0 < from_values.sum() < from_values.size and from_values[20 - 2, 12 - 3]
