@@ -314,13 +314,14 @@ def blended_rows(predictor: Predictor, scene: Scene, layout: Layout, tta: bool =
     with opened(scene.path, "raster") as source, ExitStack() as stack:
         # the reader thread has its own dataset: GDAL's are not to be shared between threads
         masks = stack.enter_context(opened(scene.path, "raster")) if scene.masked else None
+        bands = bands_read(predictor)
 
         def with_mask(rows: list[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor, np.ndarray | None]]:
             for row, probs in rows:
                 valid = None
                 if masks is not None:
                     with reading(scene.path, "raster"):
-                        valid = holds_data(masks, bands_read(predictor), Window(0, row, scene.width, probs.shape[1]))
+                        valid = holds_data(masks, bands, Window(0, row, scene.width, probs.shape[1]))
                 yield row, probs, valid
 
         for positions, tiles in ahead(window_batches(source, layout, predictor), scene.path):

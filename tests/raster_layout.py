@@ -105,6 +105,15 @@ def image_hole(spec: SceneSpec, y: int, height: int) -> np.ndarray:
     return rows[:, None] & (np.arange(spec.width) >= spec.width // 2)[None, :]
 
 
+def without_data(path: Path) -> np.ndarray:
+    """``[H, W]`` (bool): the pixels an image written here holds no data for, from what was written rather than from
+    GDAL's nodata masks: every band at its nodata value, or hidden by its mask."""
+    with rasterio.open(path) as source:
+        if source.nodata is not None:
+            return (source.read() == source.nodata).all(axis=0)
+        return source.read_masks(1) == 0
+
+
 def write_scene(root: Path, spec: SceneSpec, images: str = "images", labels: str = "labels/{stem}.tif",
                 keep: bool = True) -> WrittenScene:
     """The scene's image raster ``{images}/{name}.tif`` and label raster (``labels`` with ``{stem}``) under ``root``;

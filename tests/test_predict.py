@@ -16,7 +16,7 @@ import pytest
 import rasterio
 import torch
 from grids import dataset_grid, synthetic_grid
-from raster_layout import SceneSpec, pixel_grid, write_scene
+from raster_layout import SceneSpec, pixel_grid, without_data, write_scene
 from user_faults import one_line, run_main, write_grid
 
 import bench.predict
@@ -318,14 +318,6 @@ def test_a_cells_scene_scores_are_stored_and_shown_in_the_leaderboard(trained, s
 # -- pixels without data -------------------------------------------------------------------------------------------
 
 
-def without_data(scene) -> np.ndarray:
-    """The pixels a scene holds no data for, as written: every band at its nodata value, or hidden by its mask."""
-    with rasterio.open(scene.image_path) as source:
-        if source.nodata is not None:
-            return (scene.image == source.nodata).all(axis=0)
-        return source.read_masks(1) == 0
-
-
 @pytest.mark.parametrize("hole", ["nodata value", "mask"])
 def test_pixels_without_data_are_nodata_in_every_output_and_left_out_of_areas_and_scores(
         hole, trained, spread_weights, tmp_path, capsys):
@@ -337,7 +329,7 @@ def test_pixels_without_data_are_nodata_in_every_output_and_left_out_of_areas_an
     spec = SceneSpec("hole", 90, 70, seed=3, nodata=255, **({"image_nodata": 0} if hole == "nodata value" else
                                                             {"image_mask": True}))
     scene = write_scene(tmp_path / "in", spec)
-    missing = without_data(scene)
+    missing = without_data(scene.image_path)
     assert 0 < missing.sum() < missing.size
     maps = tmp_path / "maps"
     code, text, err = predict(capsys, grid, str(scene.image_path), *weights(spread_weights), "--output", str(maps),

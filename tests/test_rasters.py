@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 from grids import dataset_grid
-from raster_layout import SceneSpec, pixel_grid, write_layout, write_scene
+from raster_layout import SceneSpec, pixel_grid, without_data, write_layout, write_scene
 from user_faults import refused_leaving_no_complete_cache
 
 import registry
@@ -89,8 +89,7 @@ def independent_cut(scene, tile: int, stride: int, edge: str, table: dict[int, i
     """[(id, image [T, T, C], mask [T, T])] of a scene."""
     with rasterio.open(scene.image_path) as src:
         image = src.read(bands)
-        # no data: every band read at the image's nodata value, or hidden by its mask (as written)
-        hole = (image == src.nodata).all(axis=0) if src.nodata is not None else src.read_masks(1) == 0
+    hole = without_data(scene.image_path)
     with rasterio.open(scene.label_path) as lbl:
         label, nodata = lbl.read(1), lbl.nodata
     classes = np.array([table.get(v, -2) for v in range(256)], np.int16)[label]
@@ -298,7 +297,7 @@ def test_mean_and_std_leave_out_the_pixels_the_images_hold_no_data_for(scale, ho
     for name in dataset.cache.manifest["scenes"]["train"]:
         with rasterio.open(scenes[name].image_path) as src:
             image = src.read().astype(np.float64)  # [bands, H, W]
-            hole = (image == src.nodata).all(axis=0) if src.nodata is not None else src.read_masks(1) == 0
+        hole = without_data(scenes[name].image_path)
         if scale == 0.5:  # the scenes' sides are even or padded: the 2 x 2 blocks of the tiles, centre top-left-ish
             height, width = (side // 2 * 2 for side in hole.shape)
             blocks = image[:, :height, :width].reshape(len(image), height // 2, 2, width // 2, 2).mean((2, 4))
